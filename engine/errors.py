@@ -1,0 +1,23 @@
+"""Errors the user can act on. Each names the file, key or camera at fault."""
+
+from __future__ import annotations
+
+
+class DsanetError(Exception):
+    """Base class for errors that are reported to the user as one clear line (no traceback)."""
+
+
+class ClipLoadError(DsanetError):
+    """A CLIP weights directory is missing, incomplete or not in Hugging Face layout."""
+
+
+class BundleError(DsanetError):
+    """A model bundle is missing, damaged or inconsistent."""
+
+
+class RuntimeUnavailable(DsanetError):
+    """An inference runtime cannot be used on this machine (package or device missing)."""
+
+
+class InputError(DsanetError):
+    """Input to a model has the wrong shape, width or batch size."""

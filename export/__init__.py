@@ -1,0 +1,1 @@
+"""Offline side: synthetic data, feature extraction, trainer, evaluation and ONNX export."""

@@ -1,0 +1,11 @@
+"""Subcommands of the offline side (training, evaluation, export). Each module here defines ``register(subparsers)``."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+
+def register_all(subparsers) -> None:  # noqa: ANN001 - argparse's private action type
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        importlib.import_module(f"{__name__}.{info.name}").register(subparsers)
