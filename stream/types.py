@@ -1,0 +1,71 @@
+"""Frozen records that cross threads in the live pipeline.
+
+Times: ``capture_time`` values are wall-clock UNIX seconds (what events report, ISO-8601 UTC);
+``monotonic`` values come from ``time.monotonic()`` and are used for intervals and lag only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded frame of one camera."""
+
+    camera: str
+    index: int  # decoded-frame counter since the reader started (across reconnects)
+    capture_time: float  # wall clock, UNIX seconds
+    monotonic: float  # time.monotonic() when the frame was decoded
+    image: np.ndarray = field(repr=False)  # H x W x 3 RGB uint8
+    pts_seconds: float | None = None  # presentation time in the stream, when known
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+
+@dataclass(frozen=True)
+class Snippet:
+    """A span of video of one snippet duration, represented by the one frame that gets embedded."""
+
+    camera: str
+    index: int  # snippet sequence number per camera
+    start_time: float  # wall clock of the snippet's start
+    end_time: float  # wall clock of the snippet's end
+    frame: Frame  # the frame chosen for embedding
+    n_frames: int  # frames that fell in the span (0 < n)
+
+
+@dataclass(frozen=True)
+class SnippetEmbedding:
+    """A snippet after the image encoder."""
+
+    camera: str
+    index: int
+    start_time: float
+    end_time: float
+    embedding: np.ndarray = field(repr=False)  # [D] float32
+    frame: Frame | None = field(default=None, repr=False)  # kept for evidence snapshots
+    encoded_monotonic: float = 0.0
+
+
+@dataclass(frozen=True)
+class WindowScore:
+    """The head's verdict for one snippet, read ``lookahead`` snippets behind the newest in the window."""
+
+    camera: str
+    index: int  # snippet index this score belongs to
+    start_time: float
+    end_time: float
+    score: float  # anomaly probability in [0, 1]
+    class_probs: tuple[float, ...]  # C entries, column 0 = normal, sums to 1
+    newest_index: int  # newest snippet index in the window when it was scored
+    newest_end_time: float  # capture time of the end of the newest snippet (for lag)
+    frame: Frame | None = field(default=None, repr=False)
