@@ -1,0 +1,28 @@
+"""``dsanet check-config FILE``: validate a deployment file and explain what is wrong and where."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _handle(args: argparse.Namespace) -> int:
+    from stream.config import ConfigError, load_config, summary
+
+    try:
+        cfg = load_config(args.file)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    print(f"{args.file}: OK")
+    print(summary(cfg))
+    return 0
+
+
+def register(subparsers) -> None:  # noqa: ANN001
+    p = subparsers.add_parser(
+        "check-config", help="validate a deployment YAML file",
+        description="Validate a deployment YAML file. Exit 0 with a summary, or 2 listing every problem "
+                    "with its YAML path and line.")
+    p.add_argument("file", help="deployment YAML file")
+    p.set_defaults(func=_handle)

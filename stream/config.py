@@ -1,0 +1,519 @@
+"""The deployment config: one YAML file describes cameras, model, windows, events, sinks and metrics.
+
+Models reject unknown keys and carry a description on every field. Loading keeps the YAML node
+marks, so every problem is reported with its path *and* line (``events.treshold (line 14): unknown
+key``). ``${VAR}`` and ``${VAR:-default}`` are substituted from the environment inside string values,
+so passwords and tokens never need to live in the file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from engine.errors import DsanetError
+from stream.redact import redact
+
+URL_SCHEMES = ("rtsp", "rtsps", "http", "https", "file")
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+
+
+class ConfigError(DsanetError):
+    """A deployment config is invalid; ``problems`` holds one line per problem with path and line."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: {len(problems)} problem(s) in the config:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------------------------------------- parts
+
+
+class IngestConfig(_Model):
+    """How readers open streams and recover from trouble."""
+
+    open_timeout: float = Field(10.0, gt=0, description="Seconds allowed to open a stream before giving up on this try.")
+    read_timeout: float = Field(5.0, gt=0, description="Seconds without a packet after which a live stream counts as stalled.")
+    backoff_initial: float = Field(1.0, gt=0, description="First reconnect delay in seconds; doubles on each failure.")
+    backoff_max: float = Field(30.0, gt=0, description="Upper bound of the reconnect delay in seconds.")
+    backoff_reset_after: float = Field(60.0, gt=0, description="Seconds of healthy streaming after which the delay resets.")
+    jitter: float = Field(0.2, ge=0, le=1, description="Random +/- fraction applied to each reconnect delay.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> IngestConfig:
+        if self.backoff_max < self.backoff_initial:
+            raise ValueError("backoff_max must be >= backoff_initial")
+        return self
+
+
+class WindowConfig(_Model):
+    """The sliding window of snippet embeddings scored by the head."""
+
+    length: int = Field(64, ge=1, le=256, description="Snippets in the window (at most the bundle's maximum, 256).")
+    lookahead: int = Field(2, ge=0, le=64, description=(
+        "Snippets behind the newest at which a score is reported: the head is not causal, so a lookahead "
+        "trades latency (lookahead x snippet duration) for agreement with offline scoring."))
+
+    @model_validator(mode="after")
+    def _lookahead_fits(self) -> WindowConfig:
+        if self.lookahead >= self.length:
+            raise ValueError(f"lookahead ({self.lookahead}) must be smaller than length ({self.length})")
+        return self
+
+
+class EventsConfig(_Model):
+    """When an anomaly becomes an alert event, and when it ends."""
+
+    on_threshold: float = Field(0.6, ge=0, le=1, description="Score at or above which an event may start.")
+    off_threshold: float = Field(0.4, ge=0, le=1, description="Score below which an open event may end (hysteresis).")
+    min_duration: float = Field(1.0, ge=0, description="Seconds the score must stay >= on_threshold before a start.")
+    hold: float = Field(3.0, ge=0, description="Seconds the score must stay < off_threshold before an end.")
+    cooldown: float = Field(10.0, ge=0, description="Seconds after an end during which the same category cannot start again.")
+    update_interval: float = Field(5.0, ge=0, description="Minimum seconds between two update events of one event.")
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> EventsConfig:
+        if self.off_threshold > self.on_threshold:
+            raise ValueError(f"off_threshold ({self.off_threshold}) must be <= on_threshold ({self.on_threshold})")
+        return self
+
+
+class WindowOverride(_Model):
+    """Per-camera override of the window section; unset fields keep the global value."""
+
+    length: int | None = Field(None, ge=1, le=256, description="Snippets in this camera's window.")
+    lookahead: int | None = Field(None, ge=0, le=64, description="This camera's lookahead in snippets.")
+
+
+class EventsOverride(_Model):
+    """Per-camera override of the events section; unset fields keep the global value."""
+
+    on_threshold: float | None = Field(None, ge=0, le=1, description="Start threshold for this camera.")
+    off_threshold: float | None = Field(None, ge=0, le=1, description="End threshold for this camera.")
+    min_duration: float | None = Field(None, ge=0, description="Minimum duration before a start, seconds.")
+    hold: float | None = Field(None, ge=0, description="Seconds below off_threshold before an end.")
+    cooldown: float | None = Field(None, ge=0, description="Cooldown per category, seconds.")
+    update_interval: float | None = Field(None, ge=0, description="Minimum seconds between updates.")
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,63}$")
+
+
+class CameraConfig(_Model):
+    """One camera (or a file played as one)."""
+
+    name: str = Field(description="Unique camera name: letters, digits, space, '_', '.', '-' (max 64); used in metrics and events.")
+    url: str = Field(description="Stream URL: rtsp://, rtsps://, http(s):// or file:// (credentials may use ${ENV}).")
+    transport: Literal["tcp", "udp"] = Field("tcp", description="RTSP transport.")
+    enabled: bool = Field(True, description="Set false to keep a camera in the file without watching it.")
+    loop: bool = Field(False, description="File sources: start again at the end (demos, replays).")
+    realtime: bool = Field(True, description="File sources: pace frames at the file's frame rate, like a live camera.")
+    window: WindowOverride | None = Field(None, description="Overrides of the global window section for this camera.")
+    events: EventsOverride | None = Field(None, description="Overrides of the global events section for this camera.")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not _NAME.match(v) or ".." in v:
+            raise ValueError(
+                f"camera name {v!r} is not allowed: use letters, digits, space, '_', '.', '-' (no '/', no '..', max 64)")
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in URL_SCHEMES:
+            raise ValueError(f"URL {redact(v)!r} has scheme {parts.scheme!r}; expected one of {', '.join(URL_SCHEMES)}")
+        if parts.scheme == "file":
+            if not parts.path:
+                raise ValueError(f"file URL {v!r} has no path (use file:///absolute/path.mp4 or file:relative.mp4)")
+        elif not parts.hostname:
+            raise ValueError(f"URL {redact(v)!r} has no host")
+        return v
+
+
+class ModelConfig(_Model):
+    """The model bundle and the runtime it runs on."""
+
+    bundle: str = Field(description="Path to the model bundle directory (encoder.onnx, head.onnx, bundle.json).")
+    runtime: Literal["auto", "tensorrt", "onnxruntime", "torch"] = Field(
+        "auto", description="Inference runtime; auto tries TensorRT, ONNX Runtime CUDA, torch CUDA, then ONNX Runtime CPU.")
+    device: str = Field("cpu", description="cpu, cuda or cuda:N.")
+    precision: Literal["fp32", "fp16", "bf16", "int8"] = Field(
+        "fp32", description="Numeric precision; int8 uses the bundle's dynamically quantised encoder if present.")
+    threads: int | None = Field(None, ge=1, description="Intra-op threads per model (None: runtime default).")
+    encoder_batch: int = Field(16, ge=1, le=256, description="Maximum snippets the encoder embeds in one batch.")
+    encoder_max_wait: float = Field(0.05, ge=0, description="Seconds the encoder waits to fill a batch.")
+    head_batch: int = Field(16, ge=1, le=256, description="Maximum windows the head scores in one batch.")
+    head_max_wait: float = Field(0.02, ge=0, description="Seconds the head waits to fill a batch.")
+    queue_size: int = Field(64, ge=1, description="Bound of each work queue; when full the oldest item is dropped and counted.")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", v):
+            raise ValueError(f"device {v!r} is not cpu, cuda or cuda:N")
+        return v
+
+
+class _SinkBase(_Model):
+    name: str | None = Field(None, description="Name in metrics and logs (defaults to the type).")
+    spool_max_events: int = Field(10000, ge=1, description="Events kept on disk for retry; when full the oldest is dropped and counted.")
+
+
+class JsonlSinkConfig(_SinkBase):
+    """Append one JSON line per event to a file."""
+
+    type: Literal["jsonl"] = Field(description="Sink type.")
+    path: str = Field(description="File to append events to.")
+    fsync: bool = Field(True, description="fsync the file when an event ends.")
+
+
+class StdoutSinkConfig(_SinkBase):
+    """Print events to standard output."""
+
+    type: Literal["stdout"] = Field(description="Sink type.")
+    format: Literal["text", "json"] = Field("text", description="One readable line per event, or its JSON.")
+
+
+class WebhookSinkConfig(_SinkBase):
+    """POST every event as JSON."""
+
+    type: Literal["webhook"] = Field(description="Sink type.")
+    url: str = Field(description="http(s) URL that receives the POSTs.")
+    timeout: float = Field(5.0, gt=0, description="Seconds per request.")
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra HTTP headers.")
+    bearer_token: SecretStr | None = Field(None, description="Sent as 'Authorization: Bearer ...' (use ${ENV}).")
+    hmac_secret: SecretStr | None = Field(None, description="Signs the body with HMAC-SHA256 in X-Dsanet-Signature (use ${ENV}).")
+    backoff_initial: float = Field(1.0, gt=0, description="First retry delay in seconds.")
+    backoff_max: float = Field(60.0, gt=0, description="Largest retry delay in seconds.")
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"webhook URL {redact(v)!r} must be http:// or https:// with a host")
+        return v
+
+
+class MqttSinkConfig(_SinkBase):
+    """Publish events and live scores to an MQTT broker (Frigate-style topics)."""
+
+    type: Literal["mqtt"] = Field(description="Sink type.")
+    host: str = Field("127.0.0.1", description="Broker host.")
+    port: int = Field(1883, ge=1, le=65535, description="Broker port.")
+    prefix: str = Field("dsanet", description="Topic prefix: <prefix>/events, <prefix>/<camera>/anomaly, <prefix>/available.")
+    username: str | None = Field(None, description="Broker user name.")
+    password: SecretStr | None = Field(None, description="Broker password (use ${ENV}).")
+    client_id: str | None = Field(None, description="MQTT client id (default: dsanet-<hostname>).")
+    tls: bool = Field(False, description="Connect with TLS.")
+    keepalive: int = Field(30, ge=5, description="Keep-alive seconds.")
+    publish_scores: bool = Field(True, description="Publish the current score per camera (QoS 0).")
+    score_interval: float = Field(1.0, ge=0, description="Minimum seconds between two score messages of a camera.")
+
+
+SinkConfig = Annotated[
+    JsonlSinkConfig | StdoutSinkConfig | WebhookSinkConfig | MqttSinkConfig,
+    Field(discriminator="type"),
+]
+
+
+class MetricsConfig(_Model):
+    """Prometheus metrics and health endpoints."""
+
+    enabled: bool = Field(True, description="Serve /metrics, /healthz and /readyz.")
+    host: str = Field("127.0.0.1", description="Bind address; loopback unless you mean to expose it.")
+    port: int = Field(9108, ge=0, le=65535, description="Port (0 picks a free one).")
+
+
+class EvidenceConfig(_Model):
+    """Snapshots and clips saved per event."""
+
+    enabled: bool = Field(False, description="Save a JPEG snapshot and an MP4 clip per event.")
+    directory: str = Field("evidence", description="Folder for evidence files.")
+    pre_roll: float = Field(5.0, ge=0, le=60, description="Seconds of video kept before an event's start.")
+    post_roll: float = Field(5.0, ge=0, le=60, description="Seconds of video kept after an event's end.")
+    max_age_days: float = Field(7.0, gt=0, description="Evidence older than this is deleted.")
+    max_total_mb: float = Field(2048.0, gt=0, description="Oldest evidence is deleted beyond this total size.")
+
+
+class SpoolConfig(_Model):
+    """Where undelivered events wait."""
+
+    directory: str = Field("spool", description="Folder for the per-sink on-disk spools.")
+
+
+class LoggingConfig(_Model):
+    """Log output."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    format: Literal["text", "json"] = Field("text", description="Human-readable lines or one JSON object per line.")
+
+
+class DeploymentConfig(_Model):
+    """A whole deployment."""
+
+    cameras: list[CameraConfig] = Field(min_length=1, description="Cameras to watch.")
+    model: ModelConfig = Field(description="Model bundle and runtime.")
+    window: WindowConfig = Field(default_factory=WindowConfig, description="Sliding window of snippet embeddings.")
+    events: EventsConfig = Field(default_factory=EventsConfig, description="Event thresholds and timing.")
+    ingest: IngestConfig = Field(default_factory=IngestConfig, description="Stream opening, timeouts and reconnects.")
+    sinks: list[SinkConfig] = Field(default_factory=list, description="Where alert events go; each chosen by type.")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus metrics and health endpoints.")
+    evidence: EvidenceConfig = Field(default_factory=EvidenceConfig, description="Per-event snapshots and clips.")
+    spool: SpoolConfig = Field(default_factory=SpoolConfig, description="On-disk spool for undelivered events.")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Log level and format.")
+
+    @model_validator(mode="after")
+    def _unique(self) -> DeploymentConfig:
+        first: dict[str, int] = {}
+        for i, cam in enumerate(self.cameras):
+            if cam.name.lower() in first:
+                raise ValueError(f"cameras[{i}].name: duplicate camera name {cam.name!r} "
+                                 f"(first used by cameras[{first[cam.name.lower()]}])")
+            first[cam.name.lower()] = i
+        names: set[str] = set()
+        for i, sink in enumerate(self.sinks):
+            n = sink.name or sink.type
+            if n in names:
+                raise ValueError(f"sinks[{i}].name: duplicate sink name {n!r} (give each sink of one type a name)")
+            names.add(n)
+        for i, cam in enumerate(self.cameras):
+            w = self.window_for(cam)
+            if w.lookahead >= w.length:
+                raise ValueError(f"cameras[{i}].window: lookahead ({w.lookahead}) must be smaller than length ({w.length})")
+            e = self.events_for(cam)
+            if e.off_threshold > e.on_threshold:
+                raise ValueError(f"cameras[{i}].events: off_threshold must be <= on_threshold")
+        return self
+
+    def window_for(self, camera: CameraConfig) -> WindowConfig:
+        """The global window section with this camera's overrides applied."""
+        if camera.window is None:
+            return self.window
+        return self.window.model_copy(update=camera.window.model_dump(exclude_none=True))
+
+    def events_for(self, camera: CameraConfig) -> EventsConfig:
+        """The global events section with this camera's overrides applied."""
+        if camera.events is None:
+            return self.events
+        return self.events.model_copy(update=camera.events.model_dump(exclude_none=True))
+
+    def sink_name(self, index: int) -> str:
+        s = self.sinks[index]
+        return s.name or s.type
+
+    @property
+    def enabled_cameras(self) -> list[CameraConfig]:
+        return [c for c in self.cameras if c.enabled]
+
+
+# ------------------------------------------------------------------------------------- YAML loading
+
+_ENV = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
+
+
+def _node_lines(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
+    out[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            k = key.value
+            out[(*path, k)] = key.start_mark.line + 1
+            _node_lines(value, (*path, k), out)
+            out[(*path, k)] = key.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _node_lines(item, (*path, i), out)
+
+
+def _substitute(value: Any, path: tuple[Any, ...], problems: list[tuple[tuple[Any, ...], str]]) -> Any:
+    if isinstance(value, dict):
+        return {k: _substitute(v, (*path, k), problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, (*path, i), problems) for i, v in enumerate(value)]
+    if isinstance(value, str):
+        def repl(m: re.Match[str]) -> str:
+            env = os.environ.get(m["name"])
+            if env is not None:
+                return env
+            if m["default"] is not None:
+                return m["default"]
+            problems.append((path, f"environment variable {m['name']} is not set (used as ${{{m['name']}}})"))
+            return ""
+        return _ENV.sub(repl, value)
+    return value
+
+
+def _fmt_path(path: tuple[Any, ...]) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top level)"
+
+
+def _line_for(path: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> int | None:
+    for n in range(len(path), -1, -1):
+        if path[:n] in lines:
+            return lines[path[:n]]
+    return None
+
+
+def _error_path(loc: tuple[Any, ...], raw: Any) -> tuple[Any, ...]:
+    """Drop pydantic's union tags (e.g. 'jsonl') that are not keys of the YAML data."""
+    out: list[Any] = []
+    node = raw
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            out.append(part)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            out.append(part)
+            node = node[part]
+        elif isinstance(node, dict) and part == node.get("type"):
+            continue  # discriminator tag of a tagged union
+        else:
+            out.append(part)
+            node = None
+    return tuple(out)
+
+
+def _describe(err: dict[str, Any]) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "union_tag_invalid":
+        ctx = err.get("ctx", {})
+        return f"unknown type {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}"
+    if kind == "union_tag_not_found":
+        return "'type' is missing; every sink needs one (jsonl, stdout, webhook, mqtt)"
+    msg = str(err["msg"])
+    return redact(msg.removeprefix("Value error, "))
+
+
+def parse_config(text: str, source: str = "<config>") -> DeploymentConfig:
+    """Parse YAML text into a validated config, or raise :class:`ConfigError` listing every problem."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(source, [f"{where}YAML syntax error: {problem}"]) from None
+    if raw is None:
+        raise ConfigError(source, ["the file is empty: at least 'cameras' and 'model' are required"])
+    if not isinstance(raw, dict):
+        raise ConfigError(source, [f"line 1: the top level must be a mapping of sections, not a {type(raw).__name__}"])
+    lines: dict[tuple[Any, ...], int] = {}
+    if node is not None:
+        _node_lines(node, (), lines)
+    env_problems: list[tuple[tuple[Any, ...], str]] = []
+    data = _substitute(raw, (), env_problems)
+    found: list[tuple[int, str]] = []
+    for path, msg in env_problems:
+        found.append((_line_for(path, lines) or 0, f"{_fmt_path(path)} (line {_line_for(path, lines)}): {msg}"))
+    found.extend(_duplicate_names(data, lines))
+    try:
+        cfg = DeploymentConfig.model_validate(data)
+    except ValidationError as exc:
+        for err in exc.errors():
+            path = _error_path(tuple(err["loc"]), data)
+            if err["type"] == "union_tag_invalid":
+                path = (*path, "type")
+            msg = _describe(err)
+            # model-level validators prefix their own sub-path ("cameras[1].name: ...")
+            m = re.match(r"^([A-Za-z_][\w\[\].]*): (.*)$", msg)
+            if m and not path:
+                sub = tuple(int(x) if x.isdigit() else x for x in re.findall(r"[A-Za-z_]\w*|\d+", m[1]))
+                path, msg = sub, m[2]
+            line = _line_for(path, lines)
+            where = f" (line {line})" if line else ""
+            found.append((line or 0, f"{_fmt_path(path)}{where}: {msg}"))
+        raise ConfigError(source, _ordered(found)) from None
+    if found:
+        raise ConfigError(source, _ordered(found))
+    return cfg
+
+
+def _ordered(found: list[tuple[int, str]]) -> list[str]:
+    out: list[str] = []
+    for _, msg in sorted(found, key=lambda x: x[0]):
+        if msg not in out:
+            out.append(msg)
+    return out
+
+
+def _duplicate_names(data: dict[str, Any], lines: dict[tuple[Any, ...], int]) -> list[tuple[int, str]]:
+    """Duplicate camera names, found on the raw data so they are reported next to field errors."""
+    out: list[tuple[int, str]] = []
+    cams = data.get("cameras")
+    if not isinstance(cams, list):
+        return out
+    first: dict[str, int] = {}
+    for i, cam in enumerate(cams):
+        if isinstance(cam, dict) and isinstance(cam.get("name"), str):
+            key = cam["name"].lower()
+            if key in first:
+                path = ("cameras", i, "name")
+                line = _line_for(path, lines)
+                out.append((line or 0, f"{_fmt_path(path)} (line {line}): duplicate camera name {cam['name']!r} "
+                                       f"(first used by cameras[{first[key]}])"))
+            else:
+                first[key] = i
+    return out
+
+
+def load_config(path: str | os.PathLike[str]) -> DeploymentConfig:
+    """Read and validate a deployment YAML file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(p), ["file not found"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(p), [f"cannot read the file: {exc}"]) from None
+    return parse_config(text, str(p))
+
+
+def summary(cfg: DeploymentConfig) -> str:
+    """A one-screen description of a valid config, with credentials redacted."""
+    lines = [f"cameras: {len(cfg.cameras)} ({len(cfg.enabled_cameras)} enabled)"]
+    for c in cfg.cameras:
+        w = cfg.window_for(c)
+        flag = "" if c.enabled else " [disabled]"
+        lines.append(f"  - {c.name}: {redact(c.url)} ({c.transport}, window {w.length}, lookahead {w.lookahead}){flag}")
+    m = cfg.model
+    lines.append(f"model: {m.bundle} (runtime {m.runtime}, device {m.device}, precision {m.precision})")
+    e = cfg.events
+    lines.append(f"events: on {e.on_threshold} / off {e.off_threshold}, min {e.min_duration}s, hold {e.hold}s, "
+                 f"cooldown {e.cooldown}s")
+    lines.append("sinks: " + (", ".join(f"{cfg.sink_name(i)} ({s.type})" for i, s in enumerate(cfg.sinks)) or "none"))
+    met = cfg.metrics
+    lines.append(f"metrics: {'http://' + met.host + ':' + str(met.port) + '/metrics' if met.enabled else 'off'}")
+    ev = cfg.evidence
+    lines.append(f"evidence: {ev.directory} (pre {ev.pre_roll}s, post {ev.post_roll}s)" if ev.enabled else "evidence: off")
+    lines.append(f"spool: {cfg.spool.directory}; logging: {cfg.logging.level} ({cfg.logging.format})")
+    return "\n".join(lines)
