@@ -21,3 +21,7 @@ class RuntimeUnavailable(DsanetError):
 
 class InputError(DsanetError):
     """Input to a model has the wrong shape, width or batch size."""
+
+
+class DataError(DsanetError):
+    """A data set file (list CSV, feature .npy, annotation, ground truth, video) is missing or malformed."""
