@@ -73,6 +73,9 @@ def build_tiny_clip(out_dir: str | os.PathLike[str], seed: int = 0) -> Path:
     config = CLIPConfig(text_config=text, vision_config=dict(TINY_VISION), projection_dim=512)
     torch.manual_seed(seed)
     model = CLIPModel(config).eval()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     model.save_pretrained(out)
     (out / "preprocessor_config.json").write_text(json.dumps({
         "image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": 224},
@@ -114,6 +117,7 @@ def _load(cls: Any, clip_dir: Path, what: str) -> Any:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # the towers load from a full CLIP file: unused keys are expected
+    hf_logging.disable_progress_bar()
     try:
         model = cls.from_pretrained(str(clip_dir), local_files_only=True)
     except Exception as exc:  # transformers raises many types for a bad folder

@@ -25,3 +25,7 @@ class InputError(DsanetError):
 
 class DataError(DsanetError):
     """A data set file (list CSV, feature .npy, annotation, ground truth, video) is missing or malformed."""
+
+
+class CheckpointError(DsanetError):
+    """A training checkpoint is missing, damaged, or belongs to another preset, shape or CLIP."""

@@ -139,11 +139,12 @@ def read_list(csv_path: str | os.PathLike[str], data_root: str | os.PathLike[str
               check_exists: bool = True) -> list[ListRow]:
     """Read a VadCLIP list CSV (``path,label``), resolving every listed file.
 
-    A listed path is used as written when it exists. Otherwise, with ``data_root``, it is tried as
-    ``data_root/<path>`` (leading ``/`` dropped), ``data_root/<last two components>`` (the official
-    ``Class/video__k.npy`` layout) and ``data_root/<basename>``. Without ``data_root``, relative paths
-    are tried against the data set folder (the CSV's grandparent, since lists live in ``DIR/list/``)
-    and the CSV's own folder. The first error names the CSV row and the file that is missing.
+    An absolute listed path is used as written when it exists. Otherwise it is tried under a root as
+    ``root/<path>`` (leading ``/`` dropped), ``root/<last two components>`` (the official
+    ``Class/video__k.npy`` layout) and ``root/<basename>``, where root is ``data_root`` when given, else
+    the data set folder (the CSV's grandparent, since lists live in ``DIR/list/``) and then the CSV's
+    own folder; a relative path without ``data_root`` is finally tried from the working directory.
+    The first missing file raises an error naming the CSV line and the listed path.
     """
     csv_path = Path(csv_path)
     root = Path(data_root) if data_root is not None else None

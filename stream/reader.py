@@ -41,6 +41,7 @@ import logging
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -285,7 +286,7 @@ class ReaderSettings:
     realtime: bool = True  # file sources: release frames at their media time
     max_consecutive_decode_errors: int = 100
     max_clock_drift: float = 5.0
-    low_latency: bool = True  # live sources: no input buffering in FFmpeg
+    low_latency: bool = True  # RTSP: no input buffering in FFmpeg while probing
 
 
 @dataclass
@@ -296,7 +297,7 @@ class ReaderStats:
     sessions: int = 0
     last_frame_monotonic: float | None = None
     last_error: str | None = None
-    states: list[CameraState] = field(default_factory=list)  # every transition, for tests and status
+    states: deque[CameraState] = field(default_factory=lambda: deque(maxlen=256))  # recent transitions
 
 
 class CameraReader:
@@ -366,7 +367,9 @@ class CameraReader:
             self.state = state
             self.stats.states.append(state)
         self.metrics.camera_state(self.name, state)
-        log.info("camera %s: %s", self.name, state.value)
+        # streaming/stopped are news; connecting/backing_off repeat on every retry (the warning says it all)
+        level = logging.INFO if state in (CameraState.STREAMING, CameraState.STOPPED) else logging.DEBUG
+        log.log(level, "camera %s: %s", self.name, state.value)
 
     # -- main loop -------------------------------------------------------------------------------------
 
@@ -383,32 +386,36 @@ class CameraReader:
             self._set_state(CameraState.STOPPED)
 
     def _loop(self) -> None:
-        first = True
+        first, looping = True, False
         while not self._stop.is_set():
             self.heartbeat = time.monotonic()
             if not first:
                 self.stats.reconnects += 1
                 self.metrics.reconnect(self.name)
             first = False
-            self._set_state(CameraState.CONNECTING)
+            if not looping:  # a file starting over stays STREAMING
+                self._set_state(CameraState.CONNECTING)
             started = time.monotonic()
             healthy = False
+            error: str | None = None
             try:
                 healthy = self._session()
             except DsanetError as exc:  # unusable source: no point retrying quickly, but keep trying
-                self.stats.last_error = redact(exc)
-                log.warning("camera %s: %s", self.name, self.stats.last_error)
+                error = redact(exc)
             except Exception as exc:  # av.error.FFmpegError, OSError, anything FFmpeg throws
-                self.stats.last_error = redact(f"{type(exc).__name__}: {exc}")
-                log.warning("camera %s (%s): stream error: %s", self.name, self.safe_url, self.stats.last_error)
-            finally:
+                error = redact(f"{type(exc).__name__}: {exc}")
+            else:
+                error = "the stream ended" if healthy else "the stream ended before the first frame"
+            self.stats.last_error = error
+            looping = self.kind == "file" and healthy and self.settings.loop and not self._stop.is_set()
+            if not looping:  # a loop continues the media clock seamlessly: nothing to flush
                 self.consumer.on_discontinuity()
             if self._stop.is_set():
                 break
+            if looping:
+                first = True  # a loop is not a reconnect
+                continue
             if self.kind == "file" and healthy:
-                if self.settings.loop:
-                    first = True  # a loop is not a reconnect
-                    continue
                 self._finished.set()
                 log.info("camera %s: end of file", self.name)
                 break
@@ -416,7 +423,8 @@ class CameraReader:
                 self.backoff.reset()
             delay = self.backoff.next_delay()
             self._set_state(CameraState.BACKING_OFF)
-            log.info("camera %s: reconnecting in %.1f s", self.name, delay)
+            log.warning("camera %s (%s): %s; reconnecting in %.1f s (attempt %d)", self.name, self.safe_url, error,
+                        delay, self.backoff.attempt)
             self._wait(delay)
 
     def _wait(self, seconds: float) -> None:
@@ -438,10 +446,12 @@ class CameraReader:
             options["timeout"] = str(int(s.read_timeout * 1e6))
         elif self.kind == "http":
             options["timeout"] = str(int(s.read_timeout * 1e6))
-        if self.kind != "file" and s.low_latency:
+        if self.kind == "rtsp" and s.low_latency:
+            # RTSP only: nobuffer discards the packets read while probing, harmless on a live camera (the
+            # next keyframe comes within a GOP) but it loses the start of an HTTP file (measured)
             options["fflags"] = "nobuffer"
         target = file_path(s.url) if self.kind == "file" else s.url
-        log.info("camera %s: opening %s", self.name, self.safe_url)
+        log.debug("camera %s: opening %s", self.name, self.safe_url)
         return av.open(target, mode="r", options=options, timeout=(s.open_timeout, s.read_timeout))
 
     def _session(self) -> bool:

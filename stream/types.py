@@ -40,7 +40,7 @@ class Snippet:
     start_time: float  # wall clock of the snippet's start
     end_time: float  # wall clock of the snippet's end
     frame: Frame  # the frame chosen for embedding
-    n_frames: int  # frames that fell in the span (0 < n)
+    n_frames: int  # frames that fell in the span; 0 = an empty span filled with the previous snippet's frame
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,230 @@
+"""DSANet head: ONNX Runtime (CPU) vs the same torch module in eager mode, side by side.
+
+Why: the service runs ``head.onnx`` on ONNX Runtime by default on CPU because it should be much
+faster than torch eager for the same weights (target: >= 3x at W=256, B=8). This measures it:
+latency p50/p95 of one head call for B in {1, 8, 32} windows (cameras) of W in {64, 256} snippets,
+both backends with the same intra-op thread count, calls interleaved.
+
+The head is the real DSANet inference graph (UCF layout) on the tiny CLIP text tower: the head's cost
+does not depend on the text tower (its class features are a constant buffer). The ONNX graph is made by
+``export.onnx_export.export_head_onnx``, as ``dsanet export`` makes it.
+
+``--profile`` adds per-operator profiles of both backends at W=256, B=8 (ORT's own profiler and
+``torch.profiler``) and ORT variants (optimisation level, threads) so a missed target can be explained.
+
+    .venv/bin/python bench/head.py            # full
+    .venv/bin/python bench/head.py --quick    # about a minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    cache_dir,
+    print_header,
+    result_line,
+    set_threads,
+    summary,
+    table,
+    time_interleaved,
+    usable_cores,
+)
+
+
+def build_head(seed: int = 0) -> Any:
+    """DSANetHead (UCF defaults, tiny CLIP text tower), eval mode, seeded weights."""
+    import torch
+
+    from engine.clip import resolve_clip_dir
+    from engine.model import DSANetConfig, build_model, text_width_of
+
+    clip = resolve_clip_dir("tiny")
+    torch.manual_seed(seed)
+    model = build_model(DSANetConfig(text_width=text_width_of(clip)), clip)
+    return model.eval().inference_head().eval()
+
+
+def export_cached(head: Any, out: Path) -> Path:
+    """head.onnx in the bench cache; re-exported when the cached graph disagrees with these weights."""
+    import torch
+
+    from export.onnx_export import export_head_onnx
+
+    path = out / "head.onnx"
+    width = int(head.config.embed_dim)
+    if path.exists():
+        x = np.random.default_rng(1).standard_normal((2, 32, width), dtype=np.float32)
+        lens = np.array([32, 20], dtype=np.int64)
+        try:
+            got = ort_session(path, 1).run(["scores"], {"features": x, "lengths": lens})[0]
+            with torch.no_grad():
+                ref = head(torch.from_numpy(x), torch.from_numpy(lens))[0].numpy()
+            if np.abs(got - ref).max() < 1e-4:
+                return path
+        except Exception:  # a stale or broken cache: export again
+            pass
+    export_head_onnx(head, path, width, int(head.config.visual_length), max_batch=64)
+    return path
+
+
+def ort_session(path: Path, threads: int, level: str = "all", profile_prefix: str | None = None) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = int(threads)
+    opts.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[level]
+    if profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def inputs(b: int, w: int, width: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    x = np.random.default_rng(seed).standard_normal((b, w, width), dtype=np.float32)
+    return x, np.full(b, w, dtype=np.int64)
+
+
+def ort_profile(path: Path, threads: int, b: int, w: int, width: int, iters: int, prefix: str) -> list[tuple[str, float, float]]:
+    """(op type, total ms per call, share) from ORT's profiler, biggest first."""
+    sess = ort_session(path, threads, profile_prefix=prefix)
+    x, lens = inputs(b, w, width)
+    for _ in range(2):
+        sess.run(None, {"features": x, "lengths": lens})
+    for _ in range(iters):
+        sess.run(None, {"features": x, "lengths": lens})
+    prof = sess.end_profiling()
+    events = json.loads(Path(prof).read_text())
+    Path(prof).unlink(missing_ok=True)
+    per_op: dict[str, float] = {}
+    for ev in events:
+        if ev.get("cat") == "Node" and str(ev.get("name", "")).endswith("_kernel_time"):
+            op = ev.get("args", {}).get("op_name", "?")
+            per_op[op] = per_op.get(op, 0.0) + float(ev.get("dur", 0)) / 1000.0
+    runs = iters + 2
+    total = sum(per_op.values()) or 1.0
+    return sorted(((k, v / runs, v / total) for k, v in per_op.items()), key=lambda r: -r[1])
+
+
+def torch_profile(head: Any, b: int, w: int, width: int, iters: int) -> list[tuple[str, float, float]]:
+    """(aten op, self CPU ms per call, share) from torch.profiler, biggest first."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    x, lens = inputs(b, w, width)
+    tx, tl = torch.from_numpy(x), torch.from_numpy(lens)
+    with torch.inference_mode():
+        head(tx, tl)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(iters):
+                head(tx, tl)
+    rows = [(e.key, e.self_cpu_time_total / 1000.0 / iters) for e in prof.key_averages()]
+    total = sum(v for _, v in rows) or 1.0
+    return sorted(((k, v, v / total) for k, v in rows), key=lambda r: -r[1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer iterations (about a minute)")
+    ap.add_argument("--threads", type=int, default=None, help="intra-op threads for both (default: all cores)")
+    ap.add_argument("--batches", default=None, help="comma list of B (default 1,8,32)")
+    ap.add_argument("--windows", default=None, help="comma list of W (default 64,256)")
+    ap.add_argument("--iters", type=int, default=None, help="timed calls per backend and case")
+    ap.add_argument("--profile", action="store_true", help="per-op profiles and ORT variants at W=256, B=8")
+    args = ap.parse_args(argv)
+
+    m = print_header("DSANet head: ONNX Runtime CPU vs torch eager (same weights)")
+    threads = args.threads or usable_cores()
+    set_threads(threads)
+    batches = [int(v) for v in args.batches.split(",")] if args.batches else [1, 8, 32]
+    windows = [int(v) for v in args.windows.split(",")] if args.windows else [64, 256]
+    iters = args.iters or (8 if args.quick else 40)
+    budget = 6.0 if args.quick else 60.0  # seconds per case at most
+
+    import torch
+
+    head = build_head()
+    width = int(head.config.embed_dim)
+    path = export_cached(head, cache_dir("head"))
+    sess = ort_session(path, threads)
+    print(f"threads: {threads} intra-op for both (torch.get_num_threads()={torch.get_num_threads()}); "
+          f"ORT graph optimisation ORT_ENABLE_ALL; head graph {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    print(f"head: DSANet UCF layout, visual_length {head.config.visual_length}, {head.config.num_classes} classes\n")
+
+    rows = []
+    ratios: dict[tuple[int, int], float] = {}
+    for w in windows:
+        for b in batches:
+            x, lens = inputs(b, w, width)
+            tx, tl = torch.from_numpy(x), torch.from_numpy(lens)
+
+            def run_torch(tx: Any = tx, tl: Any = tl) -> None:
+                with torch.inference_mode():
+                    head(tx, tl)
+
+            def run_ort(x: np.ndarray = x, lens: np.ndarray = lens) -> None:
+                sess.run(None, {"features": x, "lengths": lens})
+
+            t = time_interleaved({"torch": run_torch, "ort": run_ort}, iters=iters, warmup=2, max_seconds=budget)
+            st, so = summary(t["torch"]), summary(t["ort"])
+            ratio = st["p50"] / so["p50"]
+            ratios[(w, b)] = ratio
+            rows.append([w, b, st["p50"] * 1e3, st["p95"] * 1e3, so["p50"] * 1e3, so["p95"] * 1e3, ratio,
+                         b / so["p50"], int(st["n"])])
+    print(table(["W", "B", "torch p50 ms", "torch p95 ms", "ORT p50 ms", "ORT p95 ms", "ORT speed-up (p50)",
+                 "ORT windows/s", "calls"], rows, digits=2))
+    key = (256, 8) if (256, 8) in ratios else next(iter(ratios))
+    print(f"\nORT vs torch eager at W={key[0]}, B={key[1]}: {ratios[key]:.2f}x (target >= 3x: "
+          f"{'met' if ratios[key] >= 3 else 'MISSED'})")
+
+    extra: dict[str, Any] = {}
+    if args.profile:
+        extra = profile_section(head, path, threads, width, quick=args.quick)
+
+    print()
+    print(result_line(ratio_ort_vs_torch=ratios[key], W=key[0], B=key[1], threads=threads, cores=m["cores"],
+                      **{f"ratio_w{w}_b{b}": r for (w, b), r in ratios.items()}, **extra))
+    return 0
+
+
+def profile_section(head: Any, path: Path, threads: int, width: int, quick: bool) -> dict[str, Any]:
+    """ORT variants and per-op profiles at W=256, B=8: where does the time go."""
+    import tempfile
+
+    b, w = 8, 256
+    iters = 4 if quick else 15
+    x, lens = inputs(b, w, width)
+    variants: dict[str, Any] = {}
+    for level in ("disable", "basic", "all"):
+        s = ort_session(path, threads, level)
+        variants[f"ORT opt={level}, {threads} threads"] = (lambda s=s: s.run(None, {"features": x, "lengths": lens}))
+    if threads > 1:
+        s1 = ort_session(path, 1)
+        variants["ORT opt=all, 1 thread"] = lambda: s1.run(None, {"features": x, "lengths": lens})
+    t = time_interleaved(variants, iters=iters, warmup=1, max_seconds=20 if quick else 60)
+    print("\n## ORT variants at W=256, B=8\n")
+    print(table(["variant", "p50 ms", "p95 ms"], [[k, summary(v)["p50"] * 1e3, summary(v)["p95"] * 1e3]
+                                                  for k, v in t.items()], digits=2))
+    with tempfile.TemporaryDirectory() as tmp:
+        ops = ort_profile(path, threads, b, w, width, iters, str(Path(tmp) / "ort"))
+    print("\n## ORT profile (kernel time per call, by op type), W=256, B=8\n")
+    print(table(["op", "ms/call", "share"], [[k, v, s] for k, v, s in ops[:12]], digits=3))
+    tops = torch_profile(head, b, w, width, iters)
+    print("\n## torch eager profile (self CPU per call), W=256, B=8\n")
+    print(table(["aten op", "ms/call", "share"], [[k, v, s] for k, v, s in tops[:12]], digits=3))
+    return {"ort_top_op": ops[0][0] if ops else "-", "torch_top_op": tops[0][0] if tops else "-"}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

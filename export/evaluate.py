@@ -1,0 +1,79 @@
+"""Score a model's test outputs the way the papers report them (torch-free).
+
+``evaluate_outputs`` takes, per test video in test-list order, the snippet anomaly scores [T] and the
+class-probability matrix [T, C] (column 0 = normal), and returns the headline figures:
+
+* ``auc``, ``ap``: frame-level ROC AUC and AP as fractions in [0, 1] (VadCLIP prints them so; UCF-Crime's
+  headline is AUC, XD-Violence's is AP);
+* ``map``: detection mAP in percent at IoU "0.1" ... "0.5" and their mean "avg" (all C classes, as
+  published: for UCF-Crime this includes the normal class's AP of 0);
+* ``map_13`` (UCF-Crime only): the same mAP averaged over the 13 anomaly classes only, the more
+  meaningful figure (the "no proposals => 0" rule then applies to those 13 classes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from engine.errors import DataError
+from export.data import check_preset, class_names
+from export.gt import GroundTruth
+from export.metrics import IOUS, UCF_CLASSLIST, XD_CLASSLIST, detection_maps, frame_auc_ap
+
+CLASSLISTS = {"ucf": UCF_CLASSLIST, "xd": XD_CLASSLIST}
+HEADLINE = {"ucf": "auc", "xd": "ap"}
+
+
+def evaluate_outputs(scores: Sequence[np.ndarray], class_probs: Sequence[np.ndarray], gt: GroundTruth,
+                     preset: str) -> dict:
+    """Frame AUC/AP and detection mAP of per-video outputs against ``gt`` (see the module docstring)."""
+    check_preset(preset)
+    n_cls = len(class_names(preset))
+    if len(scores) != len(class_probs) or len(scores) != len(gt.segments):
+        raise DataError(f"evaluation: {len(scores)} score arrays, {len(class_probs)} class-probability arrays and "
+                        f"{len(gt.segments)} ground-truth videos must all be one per test video")
+    for i, (s, p) in enumerate(zip(scores, class_probs, strict=True)):
+        s, p = np.asarray(s), np.asarray(p)
+        if p.ndim != 2 or p.shape[1] != n_cls or p.shape[0] != s.reshape(-1).shape[0]:
+            raise DataError(f"evaluation: video {i} has scores {s.shape} and class probabilities {p.shape}; "
+                            f"expected [T] and [T, {n_cls}]")
+        if gt.lengths and gt.lengths[i] != p.shape[0]:
+            raise DataError(f"evaluation: video {i} ({gt.videos[i] if gt.videos else ''}) has {p.shape[0]} snippets of "
+                            f"output but {gt.lengths[i]} in its features")
+    auc, ap = frame_auc_ap(scores, gt.frame_gt)
+    classlist = CLASSLISTS[preset]
+    groups: dict = {"map": None}
+    if preset == "ucf":
+        groups["map_13"] = range(1, len(classlist))
+    maps = detection_maps(class_probs, gt.segments, gt.labels, classlist, groups)
+    full = maps["map"]
+    result: dict = {
+        "preset": preset,
+        "auc": auc,
+        "ap": ap,
+        "map": {k: full[k] for k in [f"{t:.1f}" for t in IOUS] + ["avg"]},
+        "map_per_class": full["per_class"],
+        "n_videos": len(scores),
+        "n_snippets": int(sum(np.asarray(s).size for s in scores)),
+    }
+    if "map_13" in maps:
+        result["map_13"] = {k: maps["map_13"][k] for k in [f"{t:.1f}" for t in IOUS] + ["avg"]}
+    return result
+
+
+def format_table(result: dict) -> str:
+    """A plain-text table of ``evaluate_outputs``'s result (AUC/AP in percent, mAP per IoU)."""
+    keys = [f"{t:.1f}" for t in IOUS] + ["avg"]
+    preset = result.get("preset", "")
+    head = HEADLINE.get(preset)
+    lines = [f"{'AUC':>8}: {100 * result['auc']:6.2f}%" + ("  <- headline" if head == "auc" else ""),
+             f"{'AP':>8}: {100 * result['ap']:6.2f}%" + ("  <- headline" if head == "ap" else ""),
+             "mAP@IoU   " + "  ".join(f"{k:>6}" for k in keys)]
+    rows = [("all", result["map"])]
+    if "map_13" in result:
+        rows.append(("13 cls", result["map_13"]))
+    for name, m in rows:
+        lines.append(f"{name:>8}  " + "  ".join(f"{m[k]:6.2f}" for k in keys))
+    return "\n".join(lines)

@@ -1,0 +1,170 @@
+"""Cutting a camera's frames into snippets, the unit the model was trained on.
+
+A training feature row covers one snippet: ``snippet_frames`` consecutive frames of a video recorded at
+``snippet_fps`` (UCF-Crime / XD-Violence: 16 frames at 30 fps = 0.533 s). Cameras run at any rate
+(5, 12.5, 25, 30 fps, or a varying rate), so snippets are cut by **capture time**, not by frame count:
+snippet ``k`` of a camera spans ``[origin + k*D, origin + (k+1)*D)`` with ``D = snippet_frames /
+snippet_fps``, where ``origin`` is the capture time of the first frame. Counting frames instead would
+make a 15 fps camera's rows cover 1.07 s each, twice what the head's temporal layers (local attention
+windows, distance adjacency) learned. Capture times come from :mod:`stream.reader` (stream timestamps
+mapped to the wall clock), so network jitter does not move boundaries.
+
+**Which frame is embedded.** One frame per snippet, chosen by the training feature extractor's rule
+(``export.extract.snippet_frame_offset``, re-implemented here because ``stream`` never imports
+``export``): the middle frame, index ``n // 2`` of the ``n`` frames the snippet received (frame 8 of 16 on
+a camera at the training rate, so live rows match extracted rows exactly there). The rule needs only the
+frames that arrived, so a camera that drops frames still gets a well-defined choice. Only that frame is
+converted to RGB: the others are decoded (inter-frame codecs need them) but never converted
+(:class:`stream.reader.LazyFrame`). Since ``n`` is known only when the snippet ends, the cutter holds the
+not-yet-converted frames that can still turn out to be the middle one: after ``k`` frames the middle is
+at least ``k // 2``, so earlier ones are released at once (about half a snippet of decoded frames is held).
+
+**Cameras slower than one frame per snippet** (for example 1 fps): some snippets contain no frame.
+Such a snippet is *filled*: it is emitted with the previous snippet's frame and ``n_frames = 0``, as long
+as the run of empty snippets lasts at most ``max_fill`` seconds (default 3 s). Skipping empty snippets
+instead would compress time in the window (each row would stand for more than D seconds), which is
+exactly the distortion cutting by capture time avoids; a frozen scene also gives near-identical
+consecutive rows in training data, so a repeated frame is the faithful stand-in. The encoder worker
+recognises the repeated frame and reuses its embedding rather than computing it again. A longer gap
+(an outage, a reconnect) is not papered over: the snippet grid restarts at the next frame, and the
+window simply continues with it.
+
+A snippet is emitted when it is complete, i.e. when the first frame at or past its end arrives, or when
+the stream breaks (:meth:`SnippetCutter.on_discontinuity`: a partial last snippet with at least one frame is
+emitted, since it is real footage). Emission never blocks: the callback pushes into a bounded queue.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from stream.reader import LazyFrame
+from stream.types import Frame, Snippet
+
+DEFAULT_MAX_FILL = 3.0
+# Boundary tolerance in snippets (~5 us): UNIX-time doubles carry ~0.2 us of rounding, so a frame exactly
+# on a boundary (a camera at the training rate) must not slip into the previous snippet.
+_EPS = 1e-5
+
+
+def snippet_frame_offset(n_frames: int) -> int:
+    """Index of the embedded frame among a snippet's ``n_frames`` frames (the extractor's rule: the middle)."""
+    if n_frames < 1:
+        raise ValueError(f"a snippet needs at least one frame, got {n_frames}")
+    return n_frames // 2
+
+
+@dataclass(frozen=True)
+class SnippetSpec:
+    """Snippet geometry of the training data (``bundle.json``: snippet_frames at snippet_fps)."""
+
+    frames: int = 16
+    fps: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.frames < 1 or self.fps <= 0:
+            raise ValueError(f"snippet needs frames >= 1 and fps > 0, got {self.frames} frames at {self.fps} fps")
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.fps
+
+    @classmethod
+    def from_bundle(cls, bundle: Any) -> SnippetSpec:
+        """From an ``engine.bundle.Bundle`` (or anything with ``snippet_frames`` and ``snippet_fps``)."""
+        return cls(frames=int(bundle.snippet_frames), fps=float(bundle.snippet_fps))
+
+
+class SnippetCutter:
+    """Per-camera consumer of a reader's frames (runs in the reader's thread); emits :class:`Snippet` s.
+
+    ``emit`` must not block (the service passes a drop-oldest queue's ``put``).
+    """
+
+    def __init__(self, camera: str, spec: SnippetSpec, emit: Callable[[Snippet], Any],
+                 max_fill: float = DEFAULT_MAX_FILL):
+        self.camera = camera
+        self.spec = spec
+        self.emit = emit
+        self.max_fill = max_fill
+        self._origin: float | None = None  # capture time of the grid's snippet 0
+        self._k = 0  # current snippet number on the grid
+        self._count = 0  # frames in the current snippet
+        self._held: list[LazyFrame] = []  # frames that may still be the middle one (not converted)
+        self._held_from = 0  # position within the snippet of self._held[0]
+        self._last_frame: Frame | None = None  # frame of the last emitted snippet (to fill empty ones)
+        self._next_index = 0
+        self.emitted = 0
+        self.filled = 0
+
+    # grid helpers
+    def _start(self, k: int) -> float:
+        assert self._origin is not None
+        return self._origin + k * self.spec.seconds
+
+    def on_frame(self, frame: LazyFrame) -> None:
+        t = frame.capture_time
+        if self._origin is None:
+            self._origin, self._k = t, 0
+        else:
+            t = max(t, self._start(self._k))  # clock is monotone per camera; guard rounding after a flush
+            k = int(math.floor((t - self._origin) / self.spec.seconds + _EPS))
+            if k > self._k:
+                first_empty = self._k + 1 if self._count else self._k  # after a flush the current one is empty
+                self._close()
+                if (k - first_empty) * self.spec.seconds <= self.max_fill:
+                    for j in range(first_empty, k):
+                        self._emit_filled(j)
+                    self._k = k
+                else:  # an outage: restart the grid at this frame rather than invent minutes of video
+                    self._origin, self._k = t, 0
+        self._held.append(frame)
+        self._count += 1
+        # the middle index n // 2 of the final n >= count frames is at least count // 2: release the rest
+        drop = self._count // 2 - self._held_from
+        if drop > 0:
+            del self._held[:drop]
+            self._held_from += drop
+
+    def on_discontinuity(self) -> None:
+        """The stream broke or ended: emit the partial snippet (if it has frames); the grid moves past it."""
+        if self._origin is not None and self._count:
+            self._close()
+            self._k += 1
+
+    def _close(self) -> None:
+        if not self._count:
+            return
+        chosen = self._held[snippet_frame_offset(self._count) - self._held_from].to_frame()
+        self._send(self._k, chosen, self._count)
+        self._held.clear()
+        self._held_from = 0
+        self._count = 0
+
+    def _emit_filled(self, k: int) -> None:
+        if self._last_frame is not None:
+            self.filled += 1
+            self._send(k, self._last_frame, 0)
+
+    def _send(self, k: int, frame: Frame, n_frames: int) -> None:
+        start = self._start(k)
+        snippet = Snippet(camera=self.camera, index=self._next_index, start_time=start,
+                          end_time=start + self.spec.seconds, frame=frame, n_frames=n_frames)
+        self._next_index += 1
+        self._last_frame = frame
+        self.emitted += 1
+        self.emit(snippet)
+
+
+def cut_frames(camera: str, frames: list[tuple[float, Any]], spec: SnippetSpec,
+               max_fill: float = DEFAULT_MAX_FILL) -> list[Snippet]:
+    """Offline helper: cut ``(capture_time, rgb_image)`` pairs exactly as a live camera would be cut."""
+    out: list[Snippet] = []
+    cutter = SnippetCutter(camera, spec, out.append, max_fill=max_fill)
+    for i, (t, image) in enumerate(frames):
+        cutter.on_frame(LazyFrame(camera, i, float(t), float(t), None, rgb=image))
+    cutter.on_discontinuity()
+    return out
