@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
+	$(VENV)/bin/dsanet prepare-demo
 	$(VENV)/bin/dsanet run $(ARGS)
 
 test: $(STAMP)

@@ -198,3 +198,104 @@ def parse_result(text: str) -> dict[str, str]:
     if not lines:
         return {}
     return dict(p.split("=", 1) for p in lines[-1].split()[1:] if "=" in p)
+
+
+# --- the live service, driven in-process (memory, pipeline, latency) -----------------------------------
+def rss_bytes() -> int:
+    """Resident set size of this process now (Linux /proc; ru_maxrss is a peak, not a level)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process, all threads (the service runs in-process)."""
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def tiny_bundle(encoder_int8: bool = False) -> Path:
+    """The tiny-CLIP bundle (real head architecture, random weights), built once into the bench cache."""
+    from export.onnx_export import build_tiny_bundle
+
+    out = cache_dir("bundles") / ("tiny-int8" if encoder_int8 else "tiny")
+    if not (out / "bundle.json").is_file():
+        build_tiny_bundle(out, encoder_int8=encoder_int8, force=True)
+    return out
+
+
+def vitb16_bundle(encoder_int8: bool = False) -> Path:
+    """A bundle with the full CLIP ViT-B/16 image tower (random weights) and the DSANet head, cached.
+
+    Speed and memory do not depend on the weight values; no torch weights are stored (ONNX only).
+    """
+    out = cache_dir("bundles") / ("vitb16-int8" if encoder_int8 else "vitb16")
+    if (out / "bundle.json").is_file():
+        return out
+    import torch
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from engine.clip import resolve_clip_dir
+    from engine.model import DSANetConfig, build_model, text_width_of
+    from engine.preprocess import Preprocessing
+    from export.onnx_export import ExportOptions, write_bundle
+
+    clip = resolve_clip_dir("tiny")
+    torch.manual_seed(0)
+    head = build_model(DSANetConfig(text_width=text_width_of(clip)), clip).eval().inference_head()
+    vision = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, image_size=224,
+        patch_size=16, projection_dim=512, hidden_act="quick_gelu")).eval()
+    opts = ExportOptions(name=out.name, encoder_int8=encoder_int8, torch_weights=False, snippet_fps=30.0,
+                         clip="vit-b-16 (random weights, benchmark)", tiny_clip=False, source={"preset": "ucf"})
+    write_bundle(head, vision, out, Preprocessing.from_clip_dir(clip), opts, force=True)
+    return out
+
+
+def make_clip(path: Path, seconds: float, width: int, height: int, fps: int = 25, seed: int = 0,
+              events: Sequence[Any] = ()) -> Path:
+    """A generated H.264 scene (``export.demo_video``), cached by name."""
+    from export.demo_video import write_video
+
+    if not path.is_file():
+        write_video(path, seconds, events, width, height, fps=fps, seed=seed)
+    return path
+
+
+def service_config(bundle: Path, clips: Sequence[Path], workdir: Path, *, threads: int | None = None,
+                   window: int = 64, lookahead: int = 2, precision: str = "fp32", events: dict[str, Any] | None = None,
+                   loop: bool = True, realtime: bool = True, metrics_port: int | None = None) -> Any:
+    """A validated ``DeploymentConfig``: one looping file camera per clip, a jsonl sink, ONNX Runtime CPU."""
+    from stream.config import DeploymentConfig
+
+    data: dict[str, Any] = {
+        "cameras": [{"name": f"cam{i:02d}", "url": Path(c).resolve().as_uri(), "loop": loop, "realtime": realtime}
+                    for i, c in enumerate(clips)],
+        "model": {"bundle": str(bundle), "runtime": "onnxruntime", "device": "cpu", "precision": precision,
+                  "threads": threads},
+        "window": {"length": window, "lookahead": lookahead},
+        "sinks": [{"type": "jsonl", "path": str(workdir / "events.jsonl")}],
+        "spool": {"directory": str(workdir / "spool")},
+        "evidence": {"enabled": False, "directory": str(workdir / "evidence")},
+        "metrics": {"enabled": metrics_port is not None, "port": metrics_port or 0},
+        "logging": {"level": "WARNING"},
+    }
+    if events:
+        data["events"] = events
+    return DeploymentConfig.model_validate(data)
+
+
+def quiet_logs() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    for name in ("stream", "engine", "libav"):
+        logging.getLogger(name).setLevel(logging.WARNING)

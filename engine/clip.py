@@ -20,6 +20,10 @@ log = logging.getLogger(__name__)
 
 TINY = "tiny"
 TINY_WARNING = "using the tiny random CLIP: NOT a real CLIP, scores mean nothing outside tests and demos"
+TINY_VERSION = 2  # bump when the tiny CLIP recipe changes: cached copies are rebuilt
+# A random ViT's image embeddings are dominated by one shared direction with a norm of ~24; scaled down,
+# they sit at the scale of our synthetic features, where the head trains stably at the demo's learning rate.
+TINY_IMAGE_EMBED_SCALE = 0.05
 
 # Small enough to embed ~2k images/s on a CPU core, same interfaces and 512-d projection as ViT-B/16.
 TINY_TEXT = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 2,
@@ -73,6 +77,8 @@ def build_tiny_clip(out_dir: str | os.PathLike[str], seed: int = 0) -> Path:
     config = CLIPConfig(text_config=text, vision_config=dict(TINY_VISION), projection_dim=512)
     torch.manual_seed(seed)
     model = CLIPModel(config).eval()
+    with torch.no_grad():
+        model.visual_projection.weight.mul_(TINY_IMAGE_EMBED_SCALE)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -82,7 +88,7 @@ def build_tiny_clip(out_dir: str | os.PathLike[str], seed: int = 0) -> Path:
         "resample": 3, "do_center_crop": True, "crop_size": {"height": 224, "width": 224},
         "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "do_convert_rgb": True,
         "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD)}))
-    (out / "TINY_RANDOM_CLIP").write_text(TINY_WARNING + "\n")
+    (out / "TINY_RANDOM_CLIP").write_text(f"{TINY_WARNING}\nversion {TINY_VERSION}\n")
     return out
 
 
@@ -94,7 +100,9 @@ def resolve_clip_dir(spec: str | os.PathLike[str], cache_dir: str | os.PathLike[
     """Turn ``--clip DIR|tiny`` into a checked directory. ``tiny`` builds (once) the random tiny CLIP."""
     if str(spec) == TINY:
         target = Path(cache_dir) if cache_dir else default_cache_dir() / "tiny-clip"
-        if not (target / "config.json").exists():
+        marker = target / "TINY_RANDOM_CLIP"
+        if not (target / "config.json").exists() or not marker.exists() or \
+                f"version {TINY_VERSION}" not in marker.read_text():
             build_tiny_clip(target)
         log.warning(TINY_WARNING)
         return target

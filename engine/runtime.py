@@ -7,7 +7,8 @@ optimisation or kernel compilation, and ``describe()`` reports what *actually* r
 Runtime CUDA provider, for one, silently falls back to CPU when CUDA libraries are missing).
 
 Importing this module never imports torch: the torch and TensorRT runners import it when built,
-and ``auto`` decides whether a GPU exists from the NVIDIA driver files before touching torch.
+and ``auto`` decides whether a GPU exists from the NVIDIA driver files before touching torch
+(``DSANET_ASSUME_NO_GPU=1`` makes it treat a GPU machine as CPU-only, e.g. in tests).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from engine.errors import InputError, RuntimeUnavailable
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "bf16")
+# int8 = the bundle's dynamically quantised encoder (a property of encoder.onnx, ONNX Runtime only)
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 ENCODER, HEAD = "encoder", "head"
 
 
@@ -220,8 +222,10 @@ def create_auto(part: ModelPart, device: str = "auto", precision: str = "fp32", 
                 **options: Any) -> tuple[Runner, AutoChoice]:
     """Try TensorRT, ONNX Runtime CUDA, torch CUDA, then ONNX Runtime CPU; log every skip and the choice.
 
-    ``device='cpu'`` restricts the search to CPU runtimes; ``cuda``/``auto`` try the GPU ones first.
-    The CPU fallback runs fp32 even if another precision was asked for (it has no other), with a warning.
+    ``device='cpu'`` restricts the search to CPU runtimes; ``auto`` tries the GPU ones first and falls
+    back to the CPU; ``cuda``/``cuda:N`` require a GPU (no silent CPU fallback: that is a deployment
+    error worth failing on). The CPU fallback runs fp32 even if another precision was asked for (it has no
+    other), with a warning.
     """
     device = normalise_device(device)
     skipped: list[tuple[str, str, str]] = []
@@ -233,6 +237,9 @@ def create_auto(part: ModelPart, device: str = "auto", precision: str = "fp32", 
                 continue
             if cuda_device(device):
                 target = device
+        elif cuda_device(device):
+            skipped.append((name, dev, f"device={device} was requested (a GPU is required)"))
+            continue
         cls = runtime_class(name)
         reason = cls.probe(target)
         prec = precision
@@ -249,6 +256,13 @@ def create_auto(part: ModelPart, device: str = "auto", precision: str = "fp32", 
             runner = cls(part, device=target, precision=prec, threads=threads, **options)
         except RuntimeUnavailable as exc:
             skipped.append((name, target, str(exc)))
+            continue
+        except Exception as exc:  # a GPU runtime failing at build time (CUDA error, OOM...) must not end the search
+            if (name, dev) == AUTO_ORDER[-1]:
+                raise
+            log.warning("runtime auto (%s): %s on %s failed to build: %s: %s", part.label, name, target,
+                        type(exc).__name__, exc)
+            skipped.append((name, target, f"failed to build: {type(exc).__name__}: {exc}"))
             continue
         for sname, sdev, why in skipped:
             log.info("runtime auto (%s): skipped %s on %s: %s", part.label, sname, sdev, why)
@@ -334,10 +348,16 @@ def _as_float32(x: Any, what: str) -> np.ndarray:
 
 
 def load_models(bundle_dir: str | os.PathLike[str], runtime: str = "auto", device: str = "cpu",
-                precision: str = "fp32", threads: int | None = None, **options: Any,
+                precision: str = "fp32", threads: int | None = None, verify_hashes: bool = True, **options: Any,
                 ) -> tuple[Bundle, EncoderModel, HeadModel]:
-    """Load and validate a bundle, build both networks on the chosen runtime, warm them up."""
-    bundle = load_bundle(bundle_dir)
+    """Load and validate a bundle, build both networks on the chosen runtime, warm them up.
+
+    ``runtime``: a registered name or ``auto``; ``device``: cpu, cuda, cuda:N or auto; ``precision``:
+    fp32/fp16/bf16 (torch, TensorRT); ``threads``: intra-op threads; ``verify_hashes`` re-hashes every
+    bundle file (about a second per GB) to refuse a damaged bundle; other ``options`` go to the runners
+    (e.g. ``providers``, ``strict_providers``, ``compile``, ``cache_dir``).
+    """
+    bundle = load_bundle(bundle_dir, verify_hashes=verify_hashes)
     device = normalise_device(device)
     runners = []
     for kind in (ENCODER, HEAD):

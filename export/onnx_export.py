@@ -87,7 +87,7 @@ class ExportOptions:
 # --- exporting -----------------------------------------------------------------------------------
 def _quiet_export(fn: Any, *args: Any, **kwargs: Any) -> Any:
     """Run an exporter call without its many harmless warnings (torchvision ops, deprecated specs)."""
-    names = ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "onnxscript", "onnx_ir", "root")
+    names = ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "onnxscript", "onnx_ir")
     levels = {n: logging.getLogger(n).level for n in names}
     try:
         for n in names:
@@ -254,6 +254,13 @@ def _fmt_parity(parity: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def _check_out_dir(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out}: exists and is not a directory")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise ExportError(f"{out}: exists and is not empty (pass --force to replace it)")
+
+
 # --- bundle assembly ---------------------------------------------------------------------------
 def tool_versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
@@ -285,8 +292,7 @@ def write_bundle(head: Any, vision: Any, out_dir: str | os.PathLike[str], prepro
 
     opts = options or ExportOptions()
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise ExportError(f"{out}: exists and is not empty (pass --force to replace it)")
+    _check_out_dir(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     config = head.config
     width = int(config.embed_dim)
@@ -396,6 +402,7 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], clip: str, out_dir: st
     from engine.clip import is_tiny, load_vision_model, resolve_clip_dir
 
     opts = options or ExportOptions()
+    _check_out_dir(Path(out_dir), force)  # fail before minutes of work, not after
     clip_dir = resolve_clip_dir(clip)
     model, source = load_checkpoint_model(checkpoint, clip_dir)
     opts.source = {**source, **opts.source}
@@ -476,7 +483,7 @@ def describe_bundle(bundle: Bundle) -> str:
         f" preset {bundle.source.preset or '-'} clip {bundle.source.clip or '-'}"
         + ("  [TINY RANDOM CLIP: scores are meaningless]" if bundle.source.tiny_clip else ""),
         f"  ONNX opset    {bundle.onnx_opset}",
-        f"  tools         " + ", ".join(f"{k} {v}" for k, v in bundle.tools.items()),
+        "  tools         " + ", ".join(f"{k} {v}" for k, v in bundle.tools.items()),
         f"  parity        {_fmt_parity(bundle.parity) or 'not recorded'}",
     ]
     h = bundle.parity.get("head")

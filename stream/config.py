@@ -27,6 +27,7 @@ from pydantic import (
 
 from engine.errors import DsanetError
 from stream.redact import redact
+from stream.window import DEFAULT_LOOKAHEAD
 
 URL_SCHEMES = ("rtsp", "rtsps", "http", "https", "file")
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
@@ -75,7 +76,7 @@ class WindowConfig(_Model):
     """The sliding window of snippet embeddings scored by the head."""
 
     length: int = Field(64, ge=1, le=256, description="Snippets in the window (at most the bundle's maximum, 256).")
-    lookahead: int = Field(2, ge=0, le=64, description=(
+    lookahead: int = Field(DEFAULT_LOOKAHEAD, ge=0, le=64, description=(
         "Snippets behind the newest at which a score is reported: the head is not causal, so a lookahead "
         "trades latency (lookahead x snippet duration) for agreement with offline scoring."))
 

@@ -72,6 +72,8 @@ class Metrics:
         self.build = Gauge("dsanet_build_info", "Build and model information (value is always 1).",
                            ["version", "bundle", "runtime"], registry=r)
         self.queue_depth = Gauge("dsanet_queue_depth", "Items waiting in a work queue.", ["queue"], registry=r)
+        self.evidence_c = Counter("dsanet_evidence", "Evidence files per camera, kind (snapshot, clip) and result "
+                                  "(ok, failed, dropped).", ["camera", "kind", "result"], registry=r)
         self._lock = threading.Lock()
         self._liveness: dict[str, Callable[[], float]] = {}
         self._states: dict[str, CameraState] = {}
@@ -129,6 +131,10 @@ class Metrics:
     # ------------------------------------------------------------------------- events and sinks side
     def event(self, camera: str, category: str) -> None:
         self.events.labels(camera, category).inc()
+
+    def evidence(self, camera: str, kind: str, result: str) -> None:
+        """One evidence file written (``ok``), failed, or skipped because the evidence queue was full."""
+        self.evidence_c.labels(camera, kind, result).inc()
 
     def sink_delivered(self, sink: str, result: Any, n: int = 1) -> None:
         self.sink_deliveries.labels(sink, _label(result)).inc(n)

@@ -160,20 +160,26 @@ class ScoreResult:
     def write_csv(self, path: str | os.PathLike[str]) -> Path:
         """One row per snippet: index, start/end in seconds from the first frame, score, class probabilities."""
         p = _prepare_output(path)
-        with p.open("w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
-            w.writerow(self.csv_header())
-            for i in range(self.n_snippets):
-                w.writerow([i, f"{self.start_s[i]:.3f}", f"{self.end_s[i]:.3f}", f"{self.scores[i]:.6f}",
-                            *(f"{x:.6f}" for x in self.class_probs[i])])
+        try:
+            with p.open("w", newline="", encoding="utf-8") as fh:
+                w = csv.writer(fh)
+                w.writerow(self.csv_header())
+                for i in range(self.n_snippets):
+                    w.writerow([i, f"{self.start_s[i]:.3f}", f"{self.end_s[i]:.3f}", f"{self.scores[i]:.6f}",
+                                *(f"{x:.6f}" for x in self.class_probs[i])])
+        except OSError as exc:
+            raise ScoreError(f"cannot write {p}: {exc.strerror or exc}") from None
         return p
 
     def write_events(self, path: str | os.PathLike[str]) -> Path:
         """Events as JSON lines (the live schema + ``video``); an empty file when nothing fired."""
         p = _prepare_output(path)
-        with p.open("w", encoding="utf-8") as fh:
-            for ev in self.events:
-                fh.write(json.dumps(self.event_dict(ev), separators=(",", ":"), ensure_ascii=False) + "\n")
+        try:
+            with p.open("w", encoding="utf-8") as fh:
+                for ev in self.events:
+                    fh.write(json.dumps(self.event_dict(ev), separators=(",", ":"), ensure_ascii=False) + "\n")
+        except OSError as exc:
+            raise ScoreError(f"cannot write {p}: {exc.strerror or exc}") from None
         return p
 
     def summary(self) -> str:
@@ -197,6 +203,7 @@ class ScoreResult:
 
 
 def _prepare_output(path: str | os.PathLike[str]) -> Path:
+    """Check an output path and create its folder; called before scoring too, so a typo fails at once."""
     p = Path(path)
     if p.is_dir():
         raise ScoreError(f"output {p} is a directory; give a file name")

@@ -121,8 +121,11 @@ def plot_timeline(result: ScoreResult, out: str | os.PathLike[str], width: float
         level = 1 - level if x - last_x < 0.14 * duration else 0
         last_x = x
         label = f"{sp.category} ({sp.category_score:.2f})  {format_mmss(sp.start_s)}\u2013{format_mmss(sp.end_s)}"
-        ax.text(x, 1.16 - 0.09 * level, label, ha="center", va="center", fontsize=8.5, color="black",
-                bbox={"boxstyle": "round,pad=0.25", "facecolor": "white", "edgecolor": c, "alpha": 0.9}, clip_on=True)
+        # near either end the label grows inwards so it is never cut off by the frame
+        ha, tx = ("left", max(sp.start_s, 0.0)) if x < 0.1 * duration else (
+            ("right", min(sp.end_s, duration)) if x > 0.9 * duration else ("center", x))
+        ax.text(tx, 1.16 - 0.09 * level, label, ha=ha, va="center", fontsize=8.5, color="black",
+                bbox={"boxstyle": "round,pad=0.25", "facecolor": "white", "edgecolor": c, "alpha": 0.9})
     ax.set_ylim(0, 1.22)
     ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
     ax.set_xlim(0, duration)

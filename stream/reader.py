@@ -30,6 +30,13 @@ Capture time (the clock snippets are cut on) is the *stream timestamp mapped to 
   (like a camera); when off it reads as fast as it can and capture times run ahead of the wall clock
   (batch replay: snippets still cover exactly the media time the model was trained on).
 
+Evidence (``stream.evidence``): when a :class:`PacketSink` is given, every demuxed packet is also handed
+over *compressed* (a copy of its bytes) with its capture time on the same clock as the frames: ``packet
+time + (capture - pts)`` of the latest decoded frame of the session, so event times map to packets. The
+packets of a session before its first decoded frame wait (at most 512) until that offset is known. A new
+session, or a frame whose size or pixel format differs from the previous one, starts a new segment (a clip
+never crosses one). Without a sink nothing is buffered.
+
 Credentials never reach a log line: URLs go through :func:`stream.redact.redact_url` and FFmpeg's
 messages through :func:`stream.redact.redact`.
 """
@@ -225,6 +232,21 @@ class FrameConsumer(Protocol):
         """The stream ended or broke (reconnect, end of file, stop): flush what is pending."""
 
 
+class PacketSink(Protocol):
+    """Where compressed packets go when evidence is on (``stream.evidence.PacketRing``); reader thread."""
+
+    def begin_segment(self, stream: Any, width: int | None = None, height: int | None = None,
+                      pix_fmt: str | None = None) -> None: ...
+
+    def push(self, data: bytes, pts: int | None, dts: int | None, duration: int | None, keyframe: bool,
+             capture: float) -> None: ...
+
+    def end_segment(self) -> None: ...
+
+
+MAX_PENDING_PACKETS = 512  # packets of a session held until its first frame gives the pts -> capture offset
+
+
 class ReaderMetrics(Protocol):
     def camera_state(self, camera: str, state: CameraState) -> None: ...
 
@@ -304,7 +326,7 @@ class CameraReader:
     """Reads one camera in its own daemon thread until :meth:`stop`. Never raises out of the thread."""
 
     def __init__(self, settings: ReaderSettings, consumer: FrameConsumer, metrics: ReaderMetrics | None = None,
-                 rng: random.Random | None = None):
+                 rng: random.Random | None = None, packets: PacketSink | None = None):
         self.settings = settings
         self.kind = source_kind(settings.url)
         if settings.transport not in ("tcp", "udp"):
@@ -324,6 +346,12 @@ class CameraReader:
         self._live_clock = LiveClock(settings.max_clock_drift)
         self._media_clock = MediaClock()
         self.heartbeat = time.monotonic()  # last time the loop made progress (for /healthz)
+        self.packets = packets  # evidence packet ring, None when evidence is off
+        self._stream: Any = None
+        self._seg_key: tuple[int, int, str] | None = None
+        self._pts_offset: float | None = None  # capture - pts of the latest frame of this session
+        self._last_capture = 0.0
+        self._pending_packets: list[tuple[bytes, int | None, int | None, int | None, bool, float | None]] = []
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -465,6 +493,8 @@ class CameraReader:
             if not container.streams.video:
                 raise SourceError(f"camera {self.name!r}: {self.safe_url} has no video stream")
             stream = container.streams.video[0]
+            self._stream, self._seg_key, self._pts_offset = stream, None, None
+            self._pending_packets = []
             self._live_clock.reset()
             rate = stream.average_rate or stream.guessed_rate
             self._media_clock.new_loop(float(1 / rate) if rate else None)
@@ -486,6 +516,7 @@ class CameraReader:
                     log.debug("camera %s: decode error: %s", self.name, redact(exc))
                     if consecutive_errors >= self.settings.max_consecutive_decode_errors:
                         raise SourceError(f"camera {self.name!r}: {consecutive_errors} decode errors in a row") from None
+                    self._buffer(packet)  # the compressed stream is still what the camera sent
                     continue
                 if frames:
                     consecutive_errors = 0
@@ -496,8 +527,16 @@ class CameraReader:
                         got_frame = True
                         self._set_state(CameraState.STREAMING)
                     self._deliver(av_frame)
+                self._buffer(packet)
             return got_frame
         finally:
+            if self.packets is not None:
+                self._pending_packets = []
+                try:
+                    self.packets.end_segment()
+                except Exception:
+                    log.exception("camera %s: packet buffer failed", self.name)
+            self._stream = None
             try:
                 container.close()
             except Exception:  # closing a broken connection can fail too; nothing to do about it
@@ -518,11 +557,62 @@ class CameraReader:
                 mono = max(mono, time.monotonic())
         else:
             capture = self._live_clock.capture_time(pts, arrival)
+        if self.packets is not None:
+            self._track_segment(av_frame, capture, pts)
         self._index += 1
         self.stats.frames += 1
         self.stats.last_frame_monotonic = mono
         self.metrics.frame_decoded(self.name)
         self.consumer.on_frame(LazyFrame(self.name, self._index - 1, capture, mono, pts, av_frame=av_frame))
+
+
+    # -- evidence packets ------------------------------------------------------------------------------
+
+    def _track_segment(self, av_frame: Any, capture: float, pts: float | None) -> None:
+        """Keep the pts -> capture offset and start a new segment when the picture format changes."""
+        assert self.packets is not None
+        self._last_capture = capture
+        if pts is not None:
+            self._pts_offset = capture - float(pts)
+        fmt = getattr(getattr(av_frame, "format", None), "name", "") or ""
+        key = (int(av_frame.width), int(av_frame.height), str(fmt))
+        if key != self._seg_key:
+            if self._seg_key is not None:
+                log.info("camera %s: picture changed from %dx%d to %dx%d; new evidence segment", self.name,
+                         self._seg_key[0], self._seg_key[1], key[0], key[1])
+            self._seg_key = key
+            try:
+                self.packets.begin_segment(self._stream, key[0], key[1], key[2])
+            except Exception:
+                log.exception("camera %s: packet buffer failed", self.name)
+
+    def _buffer(self, packet: Any) -> None:
+        """Hand one compressed packet to the evidence ring (no-op without one)."""
+        ring = self.packets
+        if ring is None or packet.size == 0:  # the demuxer's final flush packet is empty
+            return
+        tb = packet.time_base
+        t = packet.pts if packet.pts is not None else packet.dts
+        secs = float(t * tb) if t is not None and tb is not None else None
+        item = (bytes(packet), packet.pts, packet.dts, packet.duration or None, bool(packet.is_keyframe), secs)
+        if self._pts_offset is None or self._seg_key is None:
+            if len(self._pending_packets) < MAX_PENDING_PACKETS:
+                self._pending_packets.append(item)
+            return
+        try:
+            if self._pending_packets:
+                pending, self._pending_packets = self._pending_packets, []
+                for it in pending:
+                    self._push(ring, it)
+            self._push(ring, item)
+        except Exception:
+            log.exception("camera %s: packet buffer failed", self.name)
+
+    def _push(self, ring: PacketSink,
+              item: tuple[bytes, int | None, int | None, int | None, bool, float | None]) -> None:
+        data, pts, dts, duration, key, secs = item
+        capture = secs + self._pts_offset if secs is not None and self._pts_offset is not None else self._last_capture
+        ring.push(data, pts, dts, duration, key, capture)
 
 
 def make_reader_settings(camera: Any, ingest: Any) -> ReaderSettings:

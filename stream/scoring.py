@@ -190,7 +190,10 @@ class EncoderWorker(_Worker):
             seen.add(key)
             todo.append(s)
         if todo:
-            pixels = self.preprocess([s.frame.image for s in todo])
+            if all(s.pixels is not None for s in todo):  # prepared in the readers' threads
+                pixels = np.stack([s.pixels for s in todo])
+            else:
+                pixels = self.preprocess([s.frame.image for s in todo])
             t0 = time.monotonic()
             emb = np.asarray(self.embed(pixels), dtype=np.float32)
             self.metrics.inference_done(self.model, time.monotonic() - t0, len(todo))

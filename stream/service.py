@@ -18,8 +18,15 @@ a deadline so the whole takes at most ``shutdown_timeout`` (10 s):
 3. flush every window: the last ``lookahead`` snippets of each camera are scored from the final window;
 4. drain the head queue, so those scores reach the event machines;
 5. end open events with ``type: end, reason: shutdown`` and hand them to the sinks;
+5b. with evidence on: write the snapshots and clips of the ends held so far (from what is buffered) and
+   send those ends (``stream.evidence``);
 6. stop the sinks (each delivers what it can in its share of the time; the rest stays in its spool);
 7. stop the metrics endpoint.
+
+Evidence (``evidence.enabled``): each reader also feeds a bounded ring of compressed packets, every score
+passes the evidence manager (peak frame) before the event machine, and an ``end`` event is held by the
+evidence worker until its snapshot and clip are written (at most ``post_roll`` of capture time later);
+starts and updates are never delayed.
 
 Open events are also journalled on disk (``stream.events.OpenEventJournal`` under the spool directory), so
 after a crash the next start ends them with ``reason: restart_recovery``.
@@ -154,6 +161,12 @@ class Service:
 
         model_info = {"name": getattr(b, "name", None), "hash": _short_hash(b)}
         self.cameras: dict[str, _Camera] = {}
+        self.evidence: Any = None
+        ev_cfg = getattr(cfg, "evidence", None)
+        if ev_cfg is not None and getattr(ev_cfg, "enabled", False):
+            from stream.evidence import EvidenceManager
+
+            self.evidence = EvidenceManager(ev_cfg, self._dispatch, self.metrics)
         max_window = int(getattr(b, "max_window", 256))
         for cam in cameras_cfg:
             wcfg = cfg.window_for(cam) if hasattr(cfg, "window_for") else cfg.window
@@ -162,9 +175,13 @@ class Service:
                 raise DsanetError(f"camera {cam.name!r}: window.length {length} is longer than the bundle's "
                                   f"max_window {max_window}")
             window = EmbeddingWindow(length, int(wcfg.lookahead), camera=cam.name, max_window=max_window)
-            cutter = SnippetCutter(cam.name, self.spec, self._snippet_emitter(cam.name))
-            reader = CameraReader(make_reader_settings(cam, cfg.ingest), cutter, self.metrics)
+            cutter = SnippetCutter(cam.name, self.spec, self._snippet_emitter(cam.name), prepare=self._prepare)
             ecfg = cfg.events_for(cam) if hasattr(cfg, "events_for") else cfg.events
+            ring = None
+            if self.evidence is not None:
+                ring = self.evidence.add_camera(cam.name, float(getattr(ecfg, "on_threshold", 0.6)),
+                                                ring_seconds=self._ring_seconds(ecfg, int(wcfg.lookahead)))
+            reader = CameraReader(make_reader_settings(cam, cfg.ingest), cutter, self.metrics, packets=ring)
             machine = EventMachine(cam.name, ecfg, list(b.class_names), list(getattr(b, "display_names", b.class_names)),
                                    model_info=model_info)
             self.cameras[cam.name] = _Camera(cam.name, reader, cutter, window, machine)
@@ -172,6 +189,10 @@ class Service:
             # a reader whose thread has ended (file finished) is not stuck: it counts as live
             self.metrics.add_liveness(f"reader:{cam.name}",
                                       lambda r=reader: r.heartbeat if r.alive else time.monotonic())
+        if self.evidence is not None:
+            ev_mgr = self.evidence
+            self.metrics.add_liveness("evidence", lambda: ev_mgr.heartbeat if ev_mgr._thread is not None
+                                      and ev_mgr._thread.is_alive() else time.monotonic())
         self.metrics.add_liveness("encoder", lambda: self.encoder.heartbeat)
         self.metrics.add_liveness("head", lambda: self.head.heartbeat)
 
@@ -185,6 +206,16 @@ class Service:
         self._echo_alerts = not any(getattr(s, "type_name", "") == "stdout" for s in self.sinks)
 
     # ------------------------------------------------------------------------------------- wiring
+    def _ring_seconds(self, ecfg: Any, lookahead: int) -> float:
+        """Seconds of packets a camera keeps: the pre-roll plus how late a start event can be known
+        (``min_duration``, the window's lookahead, a few seconds of queueing)."""
+        pre = float(self.cfg.evidence.pre_roll)
+        return pre + float(getattr(ecfg, "min_duration", 1.0)) + (lookahead + 2) * self.spec.seconds + 5.0
+
+    def _prepare(self, image: np.ndarray) -> np.ndarray:
+        """One frame -> encoder input [3,S,S]; runs in the camera's reader thread."""
+        return np.asarray(self.models.preprocess([image]), dtype=np.float32)[0]
+
     def _snippet_emitter(self, camera: str) -> Callable[[Snippet], None]:
         def emit(s: Snippet) -> None:
             self.metrics.snippet(camera)
@@ -210,21 +241,24 @@ class Service:
                 continue
             lag = now - ws.newest_end_time
             self.metrics.scored(ws.camera, ws.score, lag)
-            st = cam.status
-            st.score, st.lag, st.scored = ws.score, lag, st.scored + 1
-            st.category = self._category(ws.class_probs)
+            category = self._category(ws.class_probs)
             for sink in self.sinks:
                 try:
-                    sink.publish_score(ws.camera, ws.score, st.category, ws.end_time)
+                    sink.publish_score(ws.camera, ws.score, category, ws.end_time)
                 except Exception as exc:  # best effort by contract; never let a sink break scoring
                     log.debug("sink %s: publish_score failed: %s", getattr(sink, "name", "?"), redact(exc))
+            if self.evidence is not None:
+                self.evidence.observe(ws)  # before the machine: the score that starts an event may be its peak
             try:
                 events = cam.machine.push(ws)
             except DsanetError as exc:
                 log.error("camera %s: event machine rejected a score: %s", ws.camera, exc)
-                continue
+                events = []
             for ev in events:
-                self._dispatch(ev)
+                self._emit(ev)
+            # status last, so a status line showing this score never precedes the alert it caused
+            st = cam.status
+            st.score, st.lag, st.scored, st.category = ws.score, lag, st.scored + 1, category
 
     def _category(self, probs: Sequence[float]) -> str | None:
         if len(probs) < 2:
@@ -232,6 +266,16 @@ class Service:
         i = int(np.argmax(np.asarray(probs[1:]))) + 1
         names = getattr(self.models.bundle, "display_names", None) or self.models.bundle.class_names
         return str(names[i])
+
+    def _emit(self, ev: Any) -> None:
+        """An event from a machine: the evidence manager may hold an end until its files exist."""
+        if self.evidence is not None:
+            try:
+                if self.evidence.handle(ev):
+                    return
+            except Exception:  # evidence must never cost an alert
+                log.exception("camera %s: evidence failed for event %s", ev.camera, ev.id)
+        self._dispatch(ev)
 
     def _dispatch(self, ev: Any) -> None:
         with self._events_lock:
@@ -274,6 +318,8 @@ class Service:
             log.info("metrics on %s/metrics (also /healthz, /readyz)", self.server.url)
         for sink in self.sinks:
             sink.start()
+        if self.evidence is not None:
+            self.evidence.start()
         for ev in self.journal.recover(now=time.time()):
             log.warning("camera %s: event %s was left open by a previous run; ending it", ev.camera, ev.id)
             self._dispatch(ev)
@@ -370,8 +416,9 @@ class Service:
         t = time.monotonic()
         for cam in self.cameras.values():
             cam.reader.stop()
+        readers_until = time.monotonic() + min(2.0, self.shutdown_timeout / 4)  # one budget for all readers
         for cam in self.cameras.values():
-            if not cam.reader.join(left(2.0)):
+            if not cam.reader.join(max(0.0, readers_until - time.monotonic())):
                 log.warning("camera %s: reader still blocked in a read at shutdown; leaving it", cam.name)
         t = mark("readers", t)
         if self._started:
@@ -394,8 +441,12 @@ class Service:
         for cam in self.cameras.values():
             ev = cam.machine.close("shutdown")
             if ev is not None:
-                self._dispatch(ev)
+                self._emit(ev)
         t = mark("events", t)
+        if self.evidence is not None:
+            # keep ~1 s of the budget for the sinks; held ends not written by then go out without evidence
+            self.evidence.stop(timeout=max(0.5, deadline - time.monotonic() - 1.0))
+            t = mark("evidence", t)
         n = max(1, len(self.sinks))
         for sink in self.sinks:
             try:

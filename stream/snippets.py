@@ -29,6 +29,11 @@ recognises the repeated frame and reuses its embedding rather than computing it 
 (an outage, a reconnect) is not papered over: the snippet grid restarts at the next frame, and the
 window simply continues with it.
 
+With ``prepare`` (the service passes the bundle's CLIP preprocessing), the embedded frame is also
+resized, cropped and normalised here, in the camera's own reader thread: preprocessing costs more than
+the tiny encoder itself, and doing it per camera spreads it over the cores (numpy releases the GIL)
+instead of serialising every camera's frames in the one encoder thread.
+
 A snippet is emitted when it is complete, i.e. when the first frame at or past its end arrives, or when
 the stream breaks (:meth:`SnippetCutter.on_discontinuity`: a partial last snippet with at least one frame is
 emitted, since it is real footage). Emission never blocks: the callback pushes into a bounded queue.
@@ -40,6 +45,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from stream.reader import LazyFrame
 from stream.types import Frame, Snippet
@@ -85,8 +92,10 @@ class SnippetCutter:
     """
 
     def __init__(self, camera: str, spec: SnippetSpec, emit: Callable[[Snippet], Any],
-                 max_fill: float = DEFAULT_MAX_FILL):
+                 max_fill: float = DEFAULT_MAX_FILL, prepare: Callable[[np.ndarray], np.ndarray] | None = None):
         self.camera = camera
+        self.prepare = prepare  # image -> encoder input, run here so each camera's thread pays for its own
+        self._last_pixels: np.ndarray | None = None
         self.spec = spec
         self.emit = emit
         self.max_fill = max_fill
@@ -151,8 +160,15 @@ class SnippetCutter:
 
     def _send(self, k: int, frame: Frame, n_frames: int) -> None:
         start = self._start(k)
+        pixels = None
+        if self.prepare is not None:
+            if frame is self._last_frame and self._last_pixels is not None:
+                pixels = self._last_pixels  # a filled snippet: same frame, same input
+            else:
+                pixels = self.prepare(frame.image)
+            self._last_pixels = pixels
         snippet = Snippet(camera=self.camera, index=self._next_index, start_time=start,
-                          end_time=start + self.spec.seconds, frame=frame, n_frames=n_frames)
+                          end_time=start + self.spec.seconds, frame=frame, n_frames=n_frames, pixels=pixels)
         self._next_index += 1
         self._last_frame = frame
         self.emitted += 1

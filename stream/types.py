@@ -41,6 +41,7 @@ class Snippet:
     end_time: float  # wall clock of the snippet's end
     frame: Frame  # the frame chosen for embedding
     n_frames: int  # frames that fell in the span; 0 = an empty span filled with the previous snippet's frame
+    pixels: np.ndarray | None = field(default=None, repr=False)  # [3,S,S] float32 encoder input, if prepared
 
 
 @dataclass(frozen=True)

@@ -114,8 +114,8 @@ def test_cli_export_int8_and_bundle_info(tmp_path, checkpoint, tiny_clip_dir, ti
     assert "encoder_int8 min cosine" in printed
 
     # the INT8 encoder really is quantised and still close to torch
-    _, enc, _ = load_models(out, runtime="onnxruntime")
-    assert enc.describe()["precision"] == "int8-dynamic"
+    _, enc, _ = load_models(out, runtime="auto", precision="int8")
+    assert enc.describe()["precision"] == "int8-dynamic" and enc.describe()["runtime"] == "onnxruntime"
     assert (out / "encoder.onnx").stat().st_size < (tiny_bundle_dir / "encoder.onnx").stat().st_size
 
     assert _cli(["bundle-info", str(out)]) == 0
@@ -126,15 +126,37 @@ def test_cli_export_int8_and_bundle_info(tmp_path, checkpoint, tiny_clip_dir, ti
     assert json.loads(capsys.readouterr().out)["parity"]["head"]["passed"] is True
 
 
-def test_parity_failure_exits_nonzero_with_figures(tmp_path, checkpoint, tiny_clip_dir, capsys, monkeypatch):
-    import export.onnx_export as onnx_export
+def test_parity_failure_exits_nonzero_with_figures(tmp_path, tiny_clip_dir, tiny_bundle_dir, capsys, monkeypatch):
+    """A graph that does not compute what the checkpoint computes must never become a bundle.
 
-    monkeypatch.setattr(onnx_export, "HEAD_TOLERANCE", 1e-12)  # no real export is that exact
+    The checkpoint holds a seed-1 model while the "exporter" writes the seed-0 head graph of the shared
+    bundle: a real, valid ONNX file of the same architecture, just not this model.
+    """
+    import shutil
+
+    import torch
+
+    import export.onnx_export as onnx_export
+    from engine.model import DSANetConfig, build_model, text_width_of
+    from export.trainer import save_checkpoint
+
+    torch.manual_seed(1)
+    other = build_model(DSANetConfig(text_width=text_width_of(tiny_clip_dir)), tiny_clip_dir)
+    ckpt = save_checkpoint(tmp_path / "other.safetensors", other, None, clip=str(tiny_clip_dir))
+
+    def wrong_graph(head, path, *args, **kwargs):
+        shutil.copyfile(tiny_bundle_dir / "head.onnx", path)
+        return path
+
+    monkeypatch.setattr(onnx_export, "export_head_onnx", wrong_graph)
     out = tmp_path / "bundle"
-    rc = _cli(["export", "--checkpoint", str(checkpoint), "--clip", str(tiny_clip_dir), "--out", str(out)])
+    rc = _cli(["export", "--checkpoint", str(ckpt), "--clip", str(tiny_clip_dir), "--out", str(out)])
     err = capsys.readouterr().err
     assert rc == 1
-    assert "parity check failed for head" in err and "scores_max_abs" in err
+    assert "parity check failed for head" in err
+    figures = json.loads(err[err.index("{"):])
+    assert figures["head"]["passed"] is False and figures["head"]["scores_max_abs"] > 1e-4
+    assert len(figures["head"]["cases"]) == 6
     assert not out.exists() and not list(tmp_path.glob(".bundle.*"))
 
 

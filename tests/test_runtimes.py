@@ -138,6 +138,11 @@ def test_auto_with_device_cpu_skips_gpu_runtimes(tiny_bundle_dir, caplog):
     assert caplog.text.count("device=cpu was requested") == 6  # three GPU options x two parts
 
 
+def test_auto_with_device_cuda_never_falls_back_to_cpu(tiny_bundle_dir, no_gpu):
+    with pytest.raises(RuntimeUnavailable, match=r"no inference runtime can run .*a GPU is required"):
+        load_models(tiny_bundle_dir, runtime="auto", device="cuda")
+
+
 def test_auto_cpu_fallback_runs_fp32_when_fp16_is_asked(tiny_bundle_dir, no_gpu, caplog):
     part = ModelPart(load_bundle(tiny_bundle_dir), "encoder")
     runner, choice = create_auto(part, device="auto", precision="fp16")
@@ -288,6 +293,14 @@ def test_bundle_without_torch_weights(tiny_bundle_dir, copy_bundle):
     assert load_models(d, runtime="onnxruntime")[2].describe()["runtime"] == "onnxruntime"
 
 
+def test_int8_precision_means_the_bundles_quantised_encoder(tiny_bundle_dir, caplog):
+    _, enc, head = load_models(tiny_bundle_dir, runtime="onnxruntime", precision="int8")
+    assert "bundle's encoder.onnx is fp32" in caplog.text  # this bundle has no INT8 encoder: said, not hidden
+    assert enc.describe()["precision"] == head.describe()["precision"] == "fp32"
+    with pytest.raises(RuntimeUnavailable, match="the torch runtime does not run int8"):
+        load_models(tiny_bundle_dir, runtime="torch", precision="int8")
+
+
 def test_unknown_names(tiny_bundle_dir):
     with pytest.raises(RuntimeUnavailable, match="unknown runtime 'tflite'"):
         create_runner("tflite", tiny_bundle_dir, kind="head")
@@ -325,3 +338,59 @@ print('ok')
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                          env={"PATH": "/usr/bin:/bin", "DSANET_ASSUME_NO_GPU": "1", "HOME": str(Path.home())})
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+# --- bench/gpu_check.py: its CPU paths (no GPU in CI) ---------------------------------------------
+def _gpu_check(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), *args], capture_output=True,
+                          text=True, cwd=ROOT)
+
+
+def test_gpu_check_skips_cleanly_without_cuda():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the skip path does not apply")
+    res = _gpu_check("--quick")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "no CUDA device" in res.stdout
+    assert res.stdout.strip().splitlines()[-1].startswith("RESULT status=skipped reason=no_cuda")
+
+
+def test_gpu_check_cpu_dry_run_measures_parity():
+    res = _gpu_check("--device", "cpu", "--quick", "--no-compile", "--skip-vitb16", "--iters", "1", "--warmup", "0")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    last = res.stdout.strip().splitlines()[-1]
+    assert last.startswith("RESULT status=ok device=cpu")
+    fields = dict(p.split("=", 1) for p in last.split()[1:])
+    for prec in ("fp32", "fp16", "bf16"):
+        assert float(fields[f"tiny_eager_{prec}_cos"]) >= 0.99
+        assert float(fields[f"head_b1_eager_{prec}_maxabs"]) <= 0.05
+    assert float(fields["head_b1_eager_fp32_maxabs"]) == 0.0  # fp32 eager is the reference itself
+    assert "## Encoder" in res.stdout and "## DSANet head" in res.stdout
+
+
+@pytest.mark.slow
+def test_gpu_check_cpu_dry_run_with_compile_and_vitb16():
+    res = _gpu_check("--device", "cpu", "--quick", "--iters", "1", "--warmup", "0")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    fields = dict(p.split("=", 1) for p in res.stdout.strip().splitlines()[-1].split()[1:])
+    assert float(fields["vitb16_eager_bf16_cos"]) >= 0.99 and float(fields["tiny_compile_fp32_cos"]) >= 0.9999
+    assert float(fields["head_b1_compile_fp32_maxabs"]) <= 1e-4
+
+
+def test_gpu_check_pure_torch_vit_has_clip_vitb16_size():
+    """Without transformers on the GPU machine the check falls back to its own ViT: same size as CLIP's."""
+    import importlib.util as iu
+
+    import torch
+
+    spec = iu.spec_from_file_location("gpu_check", ROOT / "bench" / "gpu_check.py")
+    mod = iu.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    hf, impl = mod.build_encoder(mod.VITB16)
+    ours = mod._TorchViT(**mod.VITB16)
+    assert impl == "transformers"
+    assert sum(p.numel() for p in hf.parameters()) == sum(p.numel() for p in ours.parameters())
+    with torch.no_grad():
+        assert ours(torch.zeros(1, 3, 224, 224)).shape == (1, 512)

@@ -20,7 +20,7 @@ from stream.offline import ScoreResult, format_mmss, score_video
 from stream.types import WindowScore
 from stream.window import streaming_scores
 
-FPS, SECONDS, EVENT = 25, 12.0, (4.0, 8.0)
+FPS, SECONDS, EVENT = 25, 8.0, (3.0, 6.0)
 WIDTH, HEIGHT = 320, 240
 LIVE_KEYS = ["schema", "id", "seq", "type", "camera", "category", "category_key", "category_score", "score",
              "peak_score", "start_time", "end_time", "updated_time", "snippets", "model", "evidence", "reason"]
@@ -83,7 +83,7 @@ def expected_snippets(n_frames: int, fps: float, snippet_seconds: float) -> int:
 @pytest.mark.parametrize("seconds,decimals,text", [
     (0, 0, "00:00"), (5.4, 0, "00:05"), (59.4, 0, "00:59"), (59.6, 0, "01:00"), (75, 0, "01:15"),
     (600, 0, "10:00"), (3599.4, 0, "59:59"), (3600, 0, "1:00:00"), (3723.5, 1, "1:02:03.5"),
-    (12.345, 2, "00:12.35"), (-5, 0, "-00:05"), (float("nan"), 0, "--:--"),
+    (12.346, 2, "00:12.35"), (-5, 0, "-00:05"), (float("nan"), 0, "--:--"),
 ])
 def test_format_mmss(seconds: float, decimals: int, text: str) -> None:
     assert format_mmss(seconds, decimals) == text
@@ -92,7 +92,7 @@ def test_format_mmss(seconds: float, decimals: int, text: str) -> None:
 def test_time_ticks_are_round_and_cover_the_video() -> None:
     from stream.plot import time_ticks
 
-    for duration, step in [(12.0, 1), (20.0, 2), (95.0, 10), (3600.0, 600), (7 * 3600.0, 3600)]:
+    for duration, step in [(10.0, 1), (12.0, 2), (20.0, 2), (95.0, 10), (3600.0, 600), (7 * 3600.0, 3600)]:
         t = time_ticks(duration)
         assert t[0] == 0 and t[-1] <= duration + 1e-9 and duration - t[-1] < step
         assert np.allclose(np.diff(t), step) and len(t) <= 12
@@ -111,7 +111,7 @@ def test_snippets_cut_by_presentation_time_like_live(scored: ScoreResult, models
     d = bundle.snippet_frames / bundle.snippet_fps
     n_frames = round(FPS * SECONDS)
     n = expected_snippets(n_frames, FPS, d)
-    assert scored.n_snippets == n == 23
+    assert scored.n_snippets == n == 15
     assert scored.frames_decoded == n_frames
     assert np.allclose(scored.start_s, np.arange(n) * d) and np.allclose(scored.end_s, scored.start_s + d)
     assert scored.frames_per_snippet.sum() == n_frames and scored.frames_per_snippet.min() >= 1
@@ -128,34 +128,36 @@ def test_snippets_cut_by_presentation_time_like_live(scored: ScoreResult, models
     np.testing.assert_allclose(scored.embeddings, want, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("window,lookahead", [(None, None), (8, 3), (4, 0)])
-def test_scores_equal_live_streaming_scores(clip: Path, models: tuple[Any, Any, Any], scored: ScoreResult,
-                                            window: int | None, lookahead: int | None) -> None:
-    """The per-snippet scores are the live read-out: stream.window.streaming_scores on the same embeddings
-    (windows that slide over the clip included), and not simply the whole clip scored at once."""
+def test_scores_equal_live_streaming_scores(scored: ScoreResult, models: tuple[Any, Any, Any],
+                                            cli_run: dict[str, Any]) -> None:
+    """The per-snippet scores are the live read-out: stream.window.streaming_scores on the same embeddings,
+    with the default window (as the live default config) and with an 8-snippet window sliding over the
+    clip (the CLI run: --window 8 --lookahead 3)."""
     from stream.config import WindowConfig
 
-    res = scored if window is None else score_video(clip, models, window=window, lookahead=lookahead)
-    w = WindowConfig().length if window is None else window
-    la = WindowConfig().lookahead if lookahead is None else lookahead
-    assert (res.window, res.lookahead) == (w, la)
     head = models[2]
-    s, p = streaming_scores(res.embeddings, head.score, w, la)
-    np.testing.assert_allclose(res.scores, s, atol=1e-5)
-    np.testing.assert_allclose(res.class_probs, p, atol=1e-5)
-    if window == 4:  # a 4-snippet window with no lookahead must differ from scoring the whole clip at once
-        whole, _ = head.score(res.embeddings[None], np.asarray([res.n_snippets]))
-        assert np.abs(res.scores - whole[0]).max() > 1e-4
+    assert (scored.window, scored.lookahead) == (WindowConfig().length, WindowConfig().lookahead)
+    s, p = streaming_scores(scored.embeddings, head.score, scored.window, scored.lookahead)
+    np.testing.assert_allclose(scored.scores, s, atol=1e-5)
+    np.testing.assert_allclose(scored.class_probs, p, atol=1e-5)
+
+    table = np.asarray(list(csv.reader((cli_run["dir"] / "s.csv").open()))[1:], dtype=np.float64)
+    s8, p8 = streaming_scores(scored.embeddings, head.score, 8, 3)
+    np.testing.assert_allclose(table[:, 3], s8, atol=2e-6)
+    np.testing.assert_allclose(table[:, 4:], p8, atol=2e-6)
+    assert np.abs(s8 - s).max() > 1e-4  # the window really slid: not the same as the full-clip window
 
 
 def test_events_come_from_the_live_event_machine(clip: Path, models: tuple[Any, Any, Any],
                                                  scored: ScoreResult) -> None:
-    """score_video's events are what a fresh live EventMachine makes of its scores (settings passed through,
-    an event open at the end closed with reason end_of_file)."""
-    settings = EventSettings(on_threshold=float(np.quantile(scored.scores, 0.5)),
-                             off_threshold=float(np.quantile(scored.scores, 0.2)), min_duration=0.5, hold=1.0)
-    res = score_video(clip, models, events=settings, camera="cam-1")
-    assert res.settings == settings and res.events
+    """score_video's events are what a fresh live EventMachine makes of its scores (window, lookahead and
+    event settings passed through; an event open at the end closed with reason end_of_file)."""
+    s, _ = streaming_scores(scored.embeddings, models[2].score, 4, 0)  # what the 4/0 run will score
+    settings = EventSettings(on_threshold=float(np.quantile(s, 0.5)), off_threshold=float(np.quantile(s, 0.2)),
+                             min_duration=0.5, hold=1.0)
+    res = score_video(clip, models, window=4, lookahead=0, events=settings, camera="cam-1")
+    assert (res.window, res.lookahead, res.settings) == (4, 0, settings) and res.events
+    np.testing.assert_allclose(res.scores, s, atol=1e-5)
     machine = EventMachine("cam-1", settings, list(res.class_names), list(res.display_names),
                            model_info={"name": res.bundle_name, "hash": res.bundle_hash})
     want = machine.push_many([
@@ -226,7 +228,7 @@ def test_events_jsonl_live_schema_and_semantics(cli_run: dict[str, Any], clip: P
 def test_summary_names_events_in_mmss(cli_run: dict[str, Any]) -> None:
     out = cli_run["stdout"]
     n_lines = len({json.loads(x)["id"] for x in (cli_run["dir"] / "e.jsonl").read_text().splitlines()})
-    assert "23 snippets" in out and "window 8, lookahead 3" in out
+    assert "15 snippets" in out and "window 8, lookahead 3" in out
     assert f"events: {n_lines}" in out
     spans = [ln for ln in out.splitlines() if ln.startswith("  ") and "peak" in ln]
     assert len(spans) == n_lines
@@ -321,6 +323,9 @@ def test_bad_inputs_exit_2_with_clear_messages(tmp_path: Path, clip: Path, tiny_
     rc, _, err = run_cli("score", str(clip), *b, "--csv", str(clip))
     assert rc == 2 and "refusing to overwrite" in err
 
+    rc, _, err = run_cli("score", str(clip), *b, "--events", str(junk / "e.jsonl"))  # a folder that is a file
+    assert rc == 2 and "e.jsonl" in err and "Traceback" not in err
+
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if the 'train' extra were not installed
     rc, _, err = run_cli("score", str(clip), *b, "--plot", str(tmp_path / "x.png"))
     assert rc == 2 and "pip install 'dsanet-stream[train]'" in err and "matplotlib" in err
@@ -328,10 +333,11 @@ def test_bad_inputs_exit_2_with_clear_messages(tmp_path: Path, clip: Path, tiny_
 
 
 def test_config_settings_and_start_at(tmp_path: Path, clip: Path, tiny_bundle_dir: Path,
-                                      scored: ScoreResult) -> None:
+                                      scored: ScoreResult, models: tuple[Any, Any, Any]) -> None:
     """-c takes window and events from the deployment (camera overrides applied); --start-at anchors the
     ISO event times while CSV and 'video' times stay relative to the file."""
-    on = float(np.quantile(scored.scores, 0.5))
+    s, _ = streaming_scores(scored.embeddings, models[2].score, 6, 1)  # what the yard camera will score
+    on = float(np.quantile(s, 0.5))
     cfg = tmp_path / "deploy.yaml"
     cfg.write_text(
         f"cameras:\n  - name: yard\n    url: file://{clip}\n    window: {{length: 6, lookahead: 1}}\n"

@@ -131,6 +131,28 @@ def test_encoder_worker_reuses_embedding_of_repeated_frames_and_survives_errors(
     assert sum(calls[1:]) == 2 and w.reused == 2  # frames 10 and 11 embedded once each
 
 
+def test_encoder_worker_uses_pixels_prepared_by_the_readers():
+    q: DropOldestQueue[Snippet] = DropOldestQueue(100)
+    seen = []
+
+    def embed(x: np.ndarray) -> np.ndarray:
+        seen.append(x.copy())
+        return x.reshape(x.shape[0], -1)[:, :4]
+
+    def no_preprocess(imgs):
+        raise AssertionError("frames were already prepared")
+
+    out = []
+    w = EncoderWorker(q, embed, no_preprocess, out.extend, max_batch=8, max_wait=0.0)
+    for i in range(3):
+        s = snippet("a", i)
+        q.put(Snippet(s.camera, s.index, s.start_time, s.end_time, s.frame, 1,
+                      pixels=np.full((3, 2, 2), i, np.float32)))
+    w.start()
+    assert w.stop(timeout=30)
+    assert [float(e.embedding[0]) for e in out] == [0.0, 1.0, 2.0]
+
+
 def test_one_stuck_camera_does_not_slow_another():
     """Cutters push into a shared drop-oldest queue: a camera flooding it costs only drops, never a block."""
     q: DropOldestQueue[Snippet] = DropOldestQueue(4)
@@ -379,3 +401,40 @@ def test_port_in_use_is_a_clear_error_and_shutdown_is_clean(tmp_path, clip_facto
         with pytest.raises(DsanetError, match="metrics.port"):
             svc.run(duration=5, install_signals=False)
     assert svc._shut and not svc.encoder.is_alive()
+
+
+def test_shutdown_does_not_wait_for_a_camera_stuck_in_a_read(tmp_path, clip_factory, tiny_bundle_dir,
+                                                             service_factory):
+    """A hung camera (TCP accepted, never a byte) blocks its reader in FFmpeg for up to the open timeout;
+    shutdown moves on without it and still ends the other camera's event."""
+    import socket
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    conns: list = []
+    threading.Thread(target=lambda: conns.append(srv.accept()[0]), daemon=True).start()
+    clip = clip_factory("ok.mp4", width=96, height=64, fps=25, seconds=30.0)
+    cfg = write_config(tmp_path, [
+        {"name": "hung", "url": f"rtsp://127.0.0.1:{srv.getsockname()[1]}/x"},
+        {"name": "ok", "url": f"file://{clip}", "realtime": True},
+    ], bundle=tiny_bundle_dir)
+    text = cfg.read_text().replace("open_timeout: 2", "open_timeout: 120").replace("read_timeout: 1",
+                                                                                  "read_timeout: 120")
+    cfg.write_text(text)
+    svc = service_factory(cfg, status_interval=0)
+    try:
+        svc.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and svc.cameras["ok"].status.scored < 2:
+            time.sleep(0.05)
+        assert svc.cameras["ok"].status.scored >= 2
+        assert svc.cameras["hung"].reader.state.value == "connecting"
+        svc.shutdown()
+        assert svc.cameras["hung"].reader.alive  # still blocked in the open: shutdown did not wait for it
+        evs = read_events(tmp_path / "events.jsonl")
+        assert [e["type"] for e in evs if e["camera"] == "ok"] == ["start", "end"]
+    finally:
+        srv.close()
+        for c in conns:
+            c.close()

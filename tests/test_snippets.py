@@ -180,3 +180,22 @@ def test_spec_validation():
         snippet_frame_offset(0)
     with pytest.raises(ValueError):
         SnippetSpec(0, 30.0)
+
+
+def test_prepare_runs_once_per_embedded_frame_in_the_cutter():
+    calls = []
+
+    def prepare(img: np.ndarray) -> np.ndarray:
+        calls.append(img.shape)
+        return np.full((3, 4, 4), float(img[0, 0, 0]), np.float32)
+
+    out = []
+    cutter = SnippetCutter("cam", UCF, out.append, prepare=prepare)
+    for i, t in enumerate([T0 + i for i in range(5)]):  # 1 fps: most snippets are filled
+        cutter.on_frame(LazyFrame("cam", i, t, 0.0, None, av_frame=FakeAvFrame(i)))
+    cutter.on_discontinuity()
+    assert len(calls) == 5 and len(out) > 5
+    for s in out:
+        assert s.pixels is not None and s.pixels[0, 0, 0] == s.frame.index
+    filled = [i for i, s in enumerate(out) if s.n_frames == 0]
+    assert all(out[i].pixels is out[i - 1].pixels for i in filled)

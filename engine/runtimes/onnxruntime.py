@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import RuntimeUnavailable
-from engine.runtime import ModelPart, Runner, cuda_device, nvidia_gpu_present, register_runtime
+from engine.runtime import Runner, cuda_device, nvidia_gpu_present, register_runtime
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +42,15 @@ def _provider_name(p: str | tuple[str, dict[str, Any]]) -> str:
 class OrtRunner(Runner):
     """Runs a bundle's ONNX graph in an ``InferenceSession``.
 
+    It runs the bundle's graphs as they are: precision ``int8`` selects nothing by itself (the
+    encoder.onnx of a bundle exported with ``--encoder-int8`` is quantised; the head is always fp32) and
+    warns when the bundle has no INT8 encoder; ``describe()`` reports what the files hold.
     Options: ``providers`` (ORT provider list, overriding the one derived from ``device``),
     ``strict_providers`` (default True: fail when a requested GPU provider is not active),
     ``inter_threads``; ``threads`` sets intra-op threads (None = ORT default, one per core).
     """
 
-    precisions = ("fp32",)
+    precisions = ("fp32", "int8")
 
     @classmethod
     def probe(cls, device: str) -> str | None:
@@ -103,6 +106,12 @@ class OrtRunner(Runner):
         if self._inputs != expected:
             raise RuntimeUnavailable(f"{path}: graph inputs {sorted(self._inputs)} != bundle.json {sorted(expected)}")
         self._run_options = ort.RunOptions()
+        if self.precision == "int8" and self.part.kind == "encoder" and not self._quantization():
+            log.warning("%s: precision int8 asked for but the bundle's encoder.onnx is fp32 (export with "
+                        "--encoder-int8 for the faster CPU encoder); running fp32", self.part.label)
+
+    def _quantization(self) -> str | None:
+        return self.part.bundle.encoder.quantization if self.part.kind == "encoder" else None
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = self.session.run(self._outputs, {k: inputs[k] for k in self._inputs}, self._run_options)
@@ -110,7 +119,7 @@ class OrtRunner(Runner):
 
     def describe(self) -> dict[str, Any]:
         on_gpu = any(p in GPU_EPS for p in self.active)
-        quant = self.part.bundle.encoder.quantization if self.part.kind == "encoder" else None
+        quant = self._quantization()
         return {
             "runtime": self.name,
             "model": self.part.kind,

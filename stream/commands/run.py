@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 
@@ -52,9 +53,20 @@ def configure_logging(level: str, fmt: str) -> None:
     logging.getLogger("libav").setLevel(logging.ERROR)  # FFmpeg chatter (PyAV logger), when enabled
 
 
+DEMO_BANNER = """\
+==============================================================================================
+ dsanet demo: a SYNTHETIC model (tiny random CLIP + a head trained on synthetic clips) watches
+ a synthetic camera clip with calm stretches and three abnormal events, looped in real time.
+ Its scores and categories only show the pipeline working; they mean nothing on real video.
+ For real cameras: copy configs/example.yaml, set your RTSP URLs, and point model.bundle at a
+ bundle made by `dsanet export` from a checkpoint trained with real CLIP ViT-B/16 weights
+ (see docs/reproduce.md). Metrics: http://127.0.0.1:9108/metrics   Stop: Ctrl-C
+=============================================================================================="""
+
+
 def run(args: argparse.Namespace) -> int:
     from engine.errors import DsanetError
-    from stream.config import DEMO_CONFIG, load_config
+    from stream.config import DEMO_CONFIG, load_config, use_demo_defaults
 
     path = args.config
     if path is None:
@@ -63,6 +75,13 @@ def run(args: argparse.Namespace) -> int:
                   f"pass your deployment file with -c FILE", file=sys.stderr)
             return 2
         path = str(DEMO_CONFIG)
+    if Path(path).resolve() == DEMO_CONFIG:
+        demo_dir = use_demo_defaults()
+        if not (demo_dir / "bundle" / "bundle.json").is_file():
+            print(f"dsanet run: the demo model is not built yet ({demo_dir}); run `dsanet prepare-demo` "
+                  f"first (`make demo` does both)", file=sys.stderr)
+            return 2
+        print(DEMO_BANNER, flush=True)
     if args.duration is not None and args.duration <= 0:
         print("dsanet run: --duration must be > 0", file=sys.stderr)
         return 2

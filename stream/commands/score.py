@@ -92,7 +92,7 @@ def handle(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from stream.events import EventSettings, parse_iso_utc
-    from stream.offline import ScoreError, open_video, resolve_window, score_video
+    from stream.offline import ScoreError, _prepare_output, open_video, resolve_window, score_video
 
     video = Path(args.video)
     cfg, cam_cfg = _load_config(args)
@@ -103,6 +103,8 @@ def _run(args: argparse.Namespace) -> int:
         target = getattr(args, opt)
         if target and video.exists() and Path(target).resolve() == video.resolve():
             raise ScoreError(f"--{opt} {target} is the input video; refusing to overwrite it")
+        if target:
+            _prepare_output(target)  # an output in an impossible place fails now, not after scoring
     if args.batch < 1:
         raise ScoreError(f"--batch must be >= 1, got {args.batch}")
     if args.threads is not None and args.threads < 1:

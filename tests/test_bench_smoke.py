@@ -1,0 +1,124 @@
+"""Smoke tests of the ``bench/`` scripts: each runs end to end with tiny arguments, prints a Markdown
+table, the machine and the command, and ends with one parseable ``RESULT key=value ...`` line holding
+the figures BENCHMARKS.md quotes. No timing is asserted (machines are noisy); the figures must only be
+present and well-formed, so a refactor of the service, runtime or exporter that breaks a benchmark is
+caught here rather than the day someone re-measures.
+
+The scripts share one bench cache per test session (``$DSANET_BENCH_CACHE`` in a tmp dir), so exported
+graphs and the tiny bundle are built once. The scripts that run the live service are marked slow.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+sys.path.insert(0, str(BENCH))
+
+from common import parse_result, percentile, result_line, table  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def bench_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("bench-cache")
+
+
+def run_script(name: str, args: list[str], cache: Path, timeout: float = 600) -> tuple[str, dict[str, str]]:
+    env = {**os.environ, "DSANET_BENCH_CACHE": str(cache)}
+    proc = subprocess.run([sys.executable, str(BENCH / name), *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    out = proc.stdout
+    assert "machine:" in out and "cores" in out, "the machine description is missing"
+    assert f"command: .venv/bin/python bench/{name}" in out, "the command line is missing"
+    assert any(line.startswith("|") and line.rstrip().endswith(":|") for line in out.splitlines()), \
+        "no Markdown table printed"
+    last = [ln for ln in out.splitlines() if ln.strip()][-1]
+    assert last.startswith("RESULT "), f"the last line must be the RESULT line, got {last!r}"
+    return out, parse_result(out)
+
+
+def number(result: dict[str, str], key: str) -> float:
+    assert key in result, f"RESULT has no {key}: {result}"
+    return float(result[key])
+
+
+# --- helpers (pure) ---------------------------------------------------------------------------------
+def test_result_line_round_trips_and_has_no_spaces_inside_values() -> None:
+    line = result_line(ratio=3.14159, name="a b", ok=True, n=4, bad=float("nan"))
+    assert line == "RESULT ratio=3.142 name=a_b ok=1 n=4 bad=nan"
+    assert parse_result("noise\n" + line + "\n") == {"ratio": "3.142", "name": "a_b", "ok": "1", "n": "4",
+                                                     "bad": "nan"}
+    assert parse_result("no result here") == {}
+
+
+def test_percentile_interpolates_like_numpy() -> None:
+    import numpy as np
+
+    xs = [5.0, 1.0, 3.0, 2.0, 4.0, 10.0]
+    for q in (0, 25, 50, 95, 100):
+        assert math.isclose(percentile(xs, q), float(np.percentile(xs, q)))
+
+
+def test_table_is_markdown_with_a_right_aligned_rule() -> None:
+    t = table(["a", "bb"], [[1, 2.5], ["x", float("nan")]], digits=2).splitlines()
+    assert t[0] == "| a |   bb |" and t[1] == "|--:|-----:|" and t[2] == "| 1 | 2.50 |" and t[3] == "| x |  nan |"
+
+
+# --- the scripts --------------------------------------------------------------------------------------
+def test_head_bench_reports_the_ratio_at_the_target_case(bench_cache: Path) -> None:
+    out, res = run_script("head.py", ["--batches", "1,8", "--windows", "256", "--iters", "1", "--threads", "1"],
+                          bench_cache)
+    ratio = number(res, "ratio_ort_vs_torch")
+    assert ratio > 0 and res["W"] == "256" and res["B"] == "8"
+    assert number(res, "ratio_w256_b1") > 0
+    assert "ORT vs torch eager at W=256, B=8" in out
+
+
+def test_encoder_bench_tiny_reports_throughput_and_int8_cosine(bench_cache: Path) -> None:
+    _, res = run_script("encoder.py", ["--models", "tiny", "--batches", "1", "--iters", "1", "--threads", "1"],
+                        bench_cache)
+    assert number(res, "tiny_ips_ort_fp32") > 0 and number(res, "tiny_ips_ort_int8") > 0
+    assert number(res, "tiny_ips_torch") > 0
+    assert 0.9 < number(res, "tiny_cos_int8_min") <= 1.0 + 1e-6
+
+
+def test_consistency_bench_measures_every_lookahead(bench_cache: Path) -> None:
+    _, res = run_script("consistency.py", ["--random-head", "--windows", "16", "--lookaheads", "0,4",
+                                           "--videos", "2", "--max-snippets", "24", "--threads", "1"], bench_cache)
+    for la in (0, 4):
+        assert number(res, f"w16_l{la}_maxabs") >= 0
+        assert -1.0 <= number(res, f"w16_l{la}_r") <= 1.0
+    assert number(res, "snippets") == 48
+
+
+@pytest.mark.slow
+def test_pipeline_bench_measures_service_and_decode(bench_cache: Path) -> None:
+    _, res = run_script("pipeline.py", ["--cameras", "1", "--seconds", "3", "--warmup", "2", "--no-capacity",
+                                        "--threads", "1"], bench_cache)
+    assert number(res, "service_cpu_per_cam_s") > 0 and number(res, "decode_cpu_per_cam_s") > 0
+    assert number(res, "ratio_service_vs_decode") > 0
+
+
+@pytest.mark.slow
+def test_memory_bench_fits_a_slope(bench_cache: Path) -> None:
+    _, res = run_script("memory.py", ["--counts", "1,2", "--encoders", "tiny", "--warmup", "2", "--samples", "1",
+                                      "--threads", "1"], bench_cache)
+    assert number(res, "tiny_base_mib") > 10
+    assert math.isfinite(number(res, "tiny_mib_per_camera"))
+
+
+@pytest.mark.slow
+def test_latency_bench_runs_the_service_and_reports_the_bound(bench_cache: Path) -> None:
+    _, res = run_script("latency.py", ["--bundle", "tiny", "--events", "1", "--cameras", "1"], bench_cache)
+    bound = number(res, "bound_s")
+    # bound = snippet (16/30 s) x (1 + 2) + inference + 1 s
+    assert bound > 16 / 30 * 3 + 1.0
+    assert number(res, "onsets") >= 1

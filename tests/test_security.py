@@ -1,0 +1,323 @@
+"""Security properties checked end to end: camera passwords never leave the process, endpoints stay on
+loopback, webhook bodies are signed, checkpoints never unpickle.
+
+The password hunt runs a real service against a GStreamer RTSP server that requires authentication, with
+one camera using the right password and one a wrong one (so error paths run too), every sink type
+(jsonl, webhook, MQTT when mosquitto is installed) and the metrics endpoint; then it searches every output
+for both passwords: captured logs, the metrics page, /healthz and /readyz, the status lines, every event,
+every webhook body and header, every MQTT message, every file the run wrote (contents and names: spool,
+journal, events, evidence), and the stdout/stderr of ``dsanet run`` and ``dsanet check-config``.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import quote
+from urllib.request import urlopen
+
+import pytest
+
+from stream.config import MetricsConfig, parse_config
+from tests.fixtures.system import available
+
+ROOT = Path(__file__).resolve().parents[1]
+GOOD_PW = "Zq9-GOODpw-7731"  # unique strings: any hit is a leak, never a coincidence
+BAD_PW = "Xk4-WRONGpw-2208"
+USER = "viewer"
+HMAC_SECRET = "hmac-secret-5521"
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _leaks(text: str | bytes, where: str) -> list[str]:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    out = []
+    for pw in (GOOD_PW, BAD_PW, quote(GOOD_PW, safe=""), quote(BAD_PW, safe="")):
+        if pw in text:
+            out.append(f"{where}: contains {pw!r}")
+    return out
+
+
+def _config(tmp: Path, good_url: str, bad_url: str, bundle: Path, webhook: str, mqtt_port: int | None) -> str:
+    sinks: list[dict] = [{"type": "jsonl", "path": str(tmp / "out" / "events.jsonl")},
+                         {"type": "webhook", "url": webhook, "hmac_secret": HMAC_SECRET, "timeout": 5,
+                          "backoff_initial": 0.2, "backoff_max": 1}]
+    if mqtt_port is not None:
+        sinks.append({"type": "mqtt", "port": mqtt_port, "prefix": "sec", "score_interval": 0.0})
+    doc = {
+        "cameras": [{"name": "good", "url": good_url}, {"name": "bad", "url": bad_url}],
+        "model": {"bundle": str(bundle), "runtime": "onnxruntime", "threads": 1, "encoder_batch": 8,
+                  "encoder_max_wait": 0.02},
+        "window": {"length": 8, "lookahead": 1},
+        "events": {"on_threshold": 0.0, "off_threshold": 0.0, "min_duration": 0.0, "hold": 1.0, "cooldown": 0.0,
+                   "update_interval": 1000.0},
+        "ingest": {"open_timeout": 2, "read_timeout": 1, "backoff_initial": 0.2, "backoff_max": 1.0},
+        "sinks": sinks,
+        "metrics": {"enabled": True, "port": 0},
+        "evidence": {"enabled": True, "directory": str(tmp / "out" / "evidence"), "pre_roll": 1.0,
+                     "post_roll": 1.0},
+        "spool": {"directory": str(tmp / "out" / "spool")},
+        "logging": {"level": "DEBUG"},
+    }
+    return json.dumps(doc, indent=1)
+
+
+def _scan_tree(root: Path) -> list[str]:
+    leaks: list[str] = []
+    for p in root.rglob("*"):
+        leaks += _leaks(str(p.relative_to(root)), f"file name {p}")
+        if p.is_file():
+            leaks += _leaks(p.read_bytes(), f"file {p}")
+    return leaks
+
+
+@pytest.mark.system
+@pytest.mark.slow
+def test_camera_passwords_never_reach_any_output(rtsp_server, tiny_bundle_dir, tmp_path, http_receiver, caplog):
+    from stream.service import Service
+    from tests.fixtures.rtsp import live_mount
+
+    caplog.set_level(logging.DEBUG)
+    srv = rtsp_server({"/cam": live_mount(width=160, height=96, fps=15)}, auth=(USER, GOOD_PW))
+    good_url, bad_url = srv.url(credentials=(USER, GOOD_PW)), srv.url(credentials=(USER, BAD_PW))
+    http_receiver.set_secret(HMAC_SECRET)
+    broker = collector = None
+    if available("mosquitto"):
+        from tests.fixtures.mqtt import MosquittoBroker, MqttCollector
+
+        broker = MosquittoBroker(work_dir=tmp_path / "mosq").start()
+        collector = MqttCollector(broker.port, topics="#").start()
+    text = _config(tmp_path, good_url, bad_url, tiny_bundle_dir, http_receiver.url(),
+                   broker.port if broker else None)
+    cfg_path = tmp_path / "deploy.yaml"
+    cfg_path.write_text(text)
+    out = io.StringIO()
+    svc = Service(parse_config(text), out=out, status_interval=0.5)
+    leaks: list[str] = []
+    try:
+        svc.start()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (svc.cameras["good"].status.scored >= 4
+                                                   and svc.cameras["bad"].reader.stats.reconnects >= 2
+                                                   and http_receiver.requests(ok_only=True)):
+            time.sleep(0.1)
+        assert svc.cameras["good"].status.scored >= 4, svc.cameras["good"].reader.stats
+        assert svc.cameras["bad"].reader.stats.reconnects >= 2  # the wrong password really failed, repeatedly
+        svc.print_status()
+        for path in ("/metrics", "/healthz", "/readyz"):
+            try:
+                with urlopen(svc.server.url + path, timeout=10) as r:
+                    leaks += _leaks(r.read(), path)
+            except OSError as exc:  # 503 is an answer too
+                leaks += _leaks(str(exc), path)
+        leaks += _leaks(svc.metrics.render(), "metrics render")
+        leaks += _leaks(str(svc.cameras["bad"].reader.stats.last_error), "bad camera last_error")
+        leaks += _leaks(repr(svc.cameras["bad"].reader.stats), "reader stats")
+        for sink in svc.sinks:
+            leaks += _leaks(json.dumps(sink.describe(), default=str), f"sink {sink.name} describe")
+    finally:
+        svc.shutdown()
+        if collector is not None:
+            time.sleep(0.5)
+            collector.stop()
+        if broker is not None:
+            broker.stop()
+    assert svc.cameras["bad"].reader.stats.last_error  # there was an error message to leak from
+    leaks += _leaks(caplog.text, "log records")
+    for rec in caplog.records:
+        leaks += _leaks(str(rec.args) + str(rec.exc_text or ""), "log record args")
+    leaks += _leaks(out.getvalue(), "status output")
+    events = [e.to_json() for e in svc.events]
+    assert events
+    leaks += _leaks("\n".join(events), "events")
+    reqs = http_receiver.requests()
+    assert reqs and all(r.signature_valid for r in reqs)  # the receiver verified every HMAC signature
+    for r in reqs:
+        leaks += _leaks(r.body, "webhook body") + _leaks(json.dumps(r.headers), "webhook headers")
+    if collector is not None:
+        msgs = collector.messages()
+        assert any(m.topic == "sec/events" for m in msgs)
+        for m in msgs:
+            leaks += _leaks(m.topic.encode() + b" " + m.payload, f"mqtt {m.topic}")
+    leaks += _scan_tree(tmp_path / "out")
+    assert (tmp_path / "out" / "events.jsonl").exists()
+    # the CLI: a short run, plus check-config's summary of the same file
+    res = subprocess.run([sys.executable, "-m", "stream.cli", "run", "-c", str(cfg_path), "--duration", "4",
+                          "--status-interval", "1"], cwd=tmp_path, env=_env(), capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "camera bad" in res.stderr  # the failing camera was reported (redacted)
+    leaks += _leaks(res.stdout, "dsanet run stdout") + _leaks(res.stderr, "dsanet run stderr")
+    res = subprocess.run([sys.executable, "-m", "stream.cli", "check-config", str(cfg_path)], cwd=tmp_path,
+                         env=_env(), capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "viewer:***@" in res.stdout
+    leaks += _leaks(res.stdout + res.stderr, "check-config")
+    leaks += _scan_tree(tmp_path / "out")
+    assert not leaks, "\n".join(leaks)
+
+
+def test_config_errors_for_a_camera_url_never_show_the_password():
+    text = json.dumps({"cameras": [{"name": "c", "url": f"ftp://{USER}:{GOOD_PW}@h/x"}], "model": {"bundle": "b"},
+                       "surprise": 1})
+    with pytest.raises(Exception) as err:
+        parse_config(text)
+    assert not _leaks(str(err.value), "config error")
+
+
+# -------------------------------------------------------------------------------------- endpoints
+
+
+def test_metrics_and_health_bind_to_loopback_by_default(tiny_bundle_dir, clip_factory, tmp_path):
+    from stream.metrics import Metrics
+    from stream.service import Service
+
+    assert MetricsConfig().host == "127.0.0.1"
+    clip = clip_factory("c.mp4", width=96, height=64, fps=25, seconds=1.0)
+    text = json.dumps({"cameras": [{"name": "c", "url": f"file://{clip}"}],
+                       "model": {"bundle": str(tiny_bundle_dir), "runtime": "onnxruntime"},
+                       "metrics": {"port": 0}, "spool": {"directory": str(tmp_path / "spool")}})
+    cfg = parse_config(text)
+    assert cfg.metrics.enabled and cfg.metrics.host == "127.0.0.1"  # defaults, not set in the file
+    svc = Service(cfg, out=io.StringIO(), status_interval=0)
+    try:
+        svc.start()
+        sock = svc.server.httpd.socket
+        assert sock.getsockname()[0] == "127.0.0.1"
+        # not reachable on another local address of this machine (when it has one)
+        other = _non_loopback_address()
+        if other:
+            with pytest.raises(OSError):
+                socket.create_connection((other, svc.server.port), timeout=2).close()
+    finally:
+        svc.shutdown()
+    server = Metrics().serve(port=0)  # the API default too
+    try:
+        assert server.httpd.socket.getsockname()[0] == "127.0.0.1"
+    finally:
+        server.close()
+
+
+def _non_loopback_address() -> str | None:
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("10.255.255.255", 1))  # no packet is sent: this only picks a route
+            addr = s.getsockname()[0]
+    except OSError:
+        return None
+    return None if addr.startswith("127.") else addr
+
+
+def test_webhook_hmac_is_verified_by_the_receiver_and_a_wrong_secret_is_detected(http_receiver, tmp_path):
+    from stream.events import Event
+    from stream.sinks import create_sink
+    from stream.sinks.webhook import verify
+
+    http_receiver.set_secret(HMAC_SECRET)
+    cfg = parse_config(json.dumps({
+        "cameras": [{"name": "c", "url": "file:///x.mp4"}], "model": {"bundle": "b"},
+        "sinks": [{"type": "webhook", "name": "right", "url": http_receiver.url("/right"), "hmac_secret": HMAC_SECRET,
+                   "backoff_initial": 0.1, "backoff_max": 0.2},
+                  {"type": "webhook", "name": "wrong", "url": http_receiver.url("/wrong"), "hmac_secret": "not-it",
+                   "backoff_initial": 0.1, "backoff_max": 0.2}]}))
+    ev = Event(id="e1", seq=0, type="start", camera="c", category="Fighting", category_key="Fighting",
+               category_score=0.8, score=0.9, peak_score=0.9, start_time=1000.0, end_time=None,
+               updated_time=1000.0, snippets=1)
+    sinks = [create_sink(s, tmp_path / "spool") for s in cfg.sinks]
+    for s in sinks:
+        s.start()
+        s.submit(ev)
+    try:
+        got = http_receiver.wait_for(2, timeout=30)
+    finally:
+        for s in sinks:
+            s.stop(timeout=2)
+    by_path = {r.path: r for r in got}
+    assert by_path["/right"].signature_valid is True
+    assert by_path["/wrong"].signature_valid is False
+    r = by_path["/right"]
+    assert verify(HMAC_SECRET, r.body, r.header("X-Dsanet-Signature"))
+    assert not verify(HMAC_SECRET, r.body + b" ", r.header("X-Dsanet-Signature"))  # any change breaks it
+    assert HMAC_SECRET not in json.dumps(r.headers) and HMAC_SECRET.encode() not in r.body
+
+
+# --------------------------------------------------------------------------------- deserialisation
+
+
+def _py_files() -> list[Path]:
+    out: list[Path] = []
+    for pkg in ("engine", "export", "stream", "bench"):
+        out += sorted((ROOT / pkg).rglob("*.py"))
+    return out
+
+
+def _calls(path: Path) -> list[tuple[str, ast.Call]]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            f = node.func
+            if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name):
+                found.append((f"{f.value.id}.{f.attr}", node))
+            elif isinstance(f, ast.Name):
+                found.append((f.id, node))
+    return found
+
+
+def _kw(call: ast.Call, name: str) -> object:
+    for k in call.keywords:
+        if k.arg == name:
+            return k.value.value if isinstance(k.value, ast.Constant) else "<expr>"
+    return None
+
+
+def test_every_torch_load_passes_weights_only_true():
+    files = _py_files()
+    assert len(files) > 20
+    bad, seen = [], 0
+    for p in files:
+        for name, call in _calls(p):
+            if name == "torch.load":
+                seen += 1
+                if _kw(call, "weights_only") is not True:
+                    bad.append(f"{p.relative_to(ROOT)}:{call.lineno}")
+    assert not bad, f"torch.load without weights_only=True: {bad}"
+    # and the same by plain text, so an aliased or differently spelled call is not missed
+    for p in files:
+        for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+            if "torch.load(" in line and not line.lstrip().startswith("#"):
+                assert "weights_only=True" in line, f"{p.relative_to(ROOT)}:{i}: {line.strip()}"
+
+
+def test_no_pickle_based_loading_of_untrusted_files():
+    bad = []
+    for p in _py_files():
+        for name, call in _calls(p):
+            if name in ("pickle.load", "pickle.loads", "joblib.load", "dill.load"):
+                bad.append(f"{p.relative_to(ROOT)}:{call.lineno} {name}")
+            if name in ("np.load", "numpy.load") and _kw(call, "allow_pickle") not in (None, False):
+                bad.append(f"{p.relative_to(ROOT)}:{call.lineno} np.load(allow_pickle=...)")
+    assert not bad, bad
+
+
+def test_checkpoints_and_bundles_use_safetensors(tiny_bundle_dir):
+    """Model weights on disk are safetensors (a format that cannot run code on load), never pickles."""
+    names = {p.name for p in tiny_bundle_dir.iterdir()}
+    assert not any(n.endswith((".pt", ".pth", ".pkl", ".bin")) for n in names), names
+    from export.trainer import BEST, LAST
+
+    assert BEST.endswith(".safetensors") and LAST.endswith(".safetensors")
