@@ -55,6 +55,12 @@ HEAD_TOLERANCE = 1e-4
 ENCODER_MIN_COSINE = 0.9999
 ENCODER_INT8_MIN_COSINE = 0.995
 HEAD_CASES = tuple((b, t) for t in (16, 64, 256) for b in (1, 4))
+
+
+def head_cases(max_window: int) -> tuple[tuple[int, int], ...]:
+    """The standard (B, T) parity cases, windows capped at the head's maximum (which is always covered)."""
+    windows = sorted({min(t, max_window) for _, t in HEAD_CASES} | {max_window})
+    return tuple((b, t) for t in windows for b in (1, 4))
 DEFAULT_FPS = {"ucf": 30.0, "xd": 24.0}  # frame rates of the benchmark videos the features came from
 
 
@@ -310,7 +316,7 @@ def write_bundle(head: Any, vision: Any, out_dir: str | os.PathLike[str], prepro
         parity: dict[str, Any] = {}
         log.info("exporting the head (T 1..%d, dynamic batch)", max_window)
         export_head_onnx(head, tmp / HEAD_ONNX, width, max_window, opts.max_batch, opts.opset)
-        parity["head"] = head_parity(head, tmp / HEAD_ONNX, width)
+        parity["head"] = head_parity(head, tmp / HEAD_ONNX, width, head_cases(max_window))
         log.info("exporting the image encoder")
         enc_fp32 = tmp / (ENCODER_ONNX if not opts.encoder_int8 else "encoder.fp32.onnx")
         export_encoder_onnx(encoder, enc_fp32, preprocessing.size, opts.max_batch, opts.opset)

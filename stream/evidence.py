@@ -48,7 +48,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from fractions import Fraction
 from pathlib import Path
@@ -426,9 +426,10 @@ def remux_clip(path: Path, segment: Segment, packets: list[BufferedPacket]) -> t
 
 
 def enforce_retention(root: Path, max_age_seconds: float, max_total_bytes: int,
-                      now: float | None = None) -> list[Path]:
+                      now: float | None = None, protect: frozenset[Path] = frozenset()) -> list[Path]:
     """Delete evidence older than ``max_age_seconds``, then the oldest until the total fits; returns what
-    was deleted. Only ``*.jpg``/``*.mp4`` in the camera folders are touched (plus stale ``*.tmp``)."""
+    was deleted. Only ``*.jpg``/``*.mp4`` in the camera folders are touched (plus stale ``*.tmp``);
+    ``protect`` (the files just written, which an end event is about to name) are never deleted."""
     now = time.time() if now is None else now
     files: list[tuple[float, int, Path]] = []
     deleted: list[Path] = []
@@ -448,7 +449,7 @@ def enforce_retention(root: Path, max_age_seconds: float, max_total_bytes: int,
                 if now - st.st_mtime > 3600:  # left by a crash mid-write
                     _unlink(f, deleted)
                 continue
-            if f.suffix in EVIDENCE_SUFFIXES:
+            if f.suffix in EVIDENCE_SUFFIXES and f.resolve() not in protect:
                 files.append((st.st_mtime, st.st_size, f))
     files.sort(key=lambda x: (x[0], str(x[2])))
     keep: list[tuple[float, int, Path]] = []
@@ -499,7 +500,6 @@ class _Held:
     best: WindowScore | None
     deadline: float  # monotonic: write with what we have after this
     ready: bool = False
-    extra_errors: list[str] = field(default_factory=list)
 
 
 class EvidenceManager:
@@ -696,7 +696,8 @@ class EvidenceManager:
         folder.mkdir(parents=True, exist_ok=True)
         stem = datetime.fromtimestamp(ev.start_time, tz=timezone.utc).strftime("%Y%m%dT%H%M%S") + \
             f"Z_{ev.id.replace('-', '')[:12]}"
-        errors: list[str] = list(job.extra_errors)
+        errors: list[str] = []
+        written: list[Path] = []
         out: dict[str, Any] = {"snapshot": None, "snapshot_time": None, "snapshot_score": None, "clip": None,
                                "clip_start": None, "clip_end": None, "clip_truncated": False, "errors": errors}
         best = job.best
@@ -704,6 +705,7 @@ class EvidenceManager:
             path = folder / (stem + ".jpg")
             try:
                 write_snapshot(path, best.frame)
+                written.append(path)
                 out.update(snapshot=self._rel(path), snapshot_time=iso_utc(best.frame.capture_time),
                            snapshot_score=round(float(best.score), 4))
                 self._count(ev.camera, "snapshot", "ok")
@@ -718,6 +720,7 @@ class EvidenceManager:
             path = folder / (stem + ".mp4")
             try:
                 t0, t1 = remux_clip(path, rec.segment, rec.selected())
+                written.append(path)
                 out.update(clip=self._rel(path), clip_start=iso_utc(t0), clip_end=iso_utc(t1),
                            clip_truncated=bool(rec.truncated or rec.cut and t1 < (rec.end_time or t1)))
                 self._count(ev.camera, "clip", "ok")
@@ -728,7 +731,7 @@ class EvidenceManager:
         else:
             errors.append("clip: no video buffered")
             self._count(ev.camera, "clip", "failed")
-        self._retention()
+        self._retention(frozenset(p.resolve() for p in written))
         self._send(job, out)
 
     def _send(self, job: _Held, evidence: dict[str, Any] | None) -> None:
@@ -741,8 +744,8 @@ class EvidenceManager:
         return path.relative_to(self.root).as_posix()
 
     def _count(self, camera: str, kind: str, result: str) -> None:
-        (self.written if result == "ok" else self.failed)[kind] = \
-            (self.written if result == "ok" else self.failed).get(kind, 0) + 1
+        tally = self.written if result == "ok" else self.failed
+        tally[kind] = tally.get(kind, 0) + 1
         hook = getattr(self.metrics, "evidence", None)
         if callable(hook):
             try:
@@ -750,9 +753,9 @@ class EvidenceManager:
             except Exception:
                 pass
 
-    def _retention(self) -> None:
+    def _retention(self, protect: frozenset[Path] = frozenset()) -> None:
         try:
-            gone = enforce_retention(self.root, self.max_age_seconds, self.max_total_bytes)
+            gone = enforce_retention(self.root, self.max_age_seconds, self.max_total_bytes, protect=protect)
         except OSError as exc:
             log.warning("evidence retention failed: %s", exc.strerror or exc)
             return

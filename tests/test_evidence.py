@@ -217,9 +217,14 @@ def test_long_event_clip_is_capped(tmp_path, clip_factory):
     clip = clip_factory(width=320, height=240, fps=FPS, seconds=10, gop=25)
     root = tmp_path / "ev"
     disp = Dispatched(root)
-    mgr = EvidenceManager(ev_cfg(root, pre=1.0, post=1.0), disp, max_clip_seconds=3.0)
+    # a size cap smaller than one clip: retention after the write removes older evidence but never the
+    # files the end event is about to name
+    mgr = EvidenceManager(ev_cfg(root, pre=1.0, post=1.0, total_mb=0.001), disp, max_clip_seconds=3.0)
     ring = mgr.add_camera("cam", 0.5)
-    mgr.start()
+    mgr.start()  # (runs retention once now; the next periodic run is minutes away)
+    older = mgr.camera_dir("cam") / "20200101T000000Z_old.mp4"
+    older.parent.mkdir(parents=True)
+    older.write_bytes(b"x" * 5000)
     actions = {
         50: lambda d, lf: (mgr.observe(make_ws("cam", 0, lf.to_frame(), 0.9)),
                            mgr.handle(make_event("start", "cam", d.captures[50]))),
@@ -231,6 +236,7 @@ def test_long_event_clip_is_capped(tmp_path, clip_factory):
     mgr.stop(10)
     e = dict(disp.events[0].evidence or {})
     assert e["clip_truncated"] is True
+    assert disp.files_existed == [True] and not older.exists()
     frames, _ = decode_clip(root / e["clip"])
     # from the keyframe at 1 s (= 2 s - pre_roll) for the cap of 3 s + pre_roll, not to 9.2 s + post_roll
     assert frames[0][1]

@@ -8,6 +8,7 @@ and the hierarchical class probabilities), which is what gets exported.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,9 @@ from torch import nn
 from engine.model.backbone import VadClipBackbone, valid_mask
 from engine.model.config import DSANetConfig
 from engine.model.sgnm import SGNM
+
+if TYPE_CHECKING:
+    from engine.model.head import DSANetHead
 
 FROZEN_PREFIX = "text.clip."  # state-dict keys of the frozen CLIP text tower (never saved)
 

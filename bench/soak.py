@@ -1,0 +1,202 @@
+"""Soak: N live cameras for M minutes through the real service; resources sampled once a second.
+
+Why: leaks (memory, threads, file descriptors) and slowly growing queues or lag only show over time. This
+runs ``stream.service.Service`` in-process on the tiny bundle (ONNX Runtime, CPU) against live synthetic
+sources and samples the process every second: RSS, Python and native threads, open fds, encoder/head
+queue depths, the worst camera lag, and the work done (frames, snippets, scores, drops). It prints
+start / end / max (and the value after warm-up) for each, then one ``RESULT key=value ...`` line.
+
+Sources: GStreamer RTSP live mounts (``videotestsrc`` + x264, one server with N mounts) when the test
+fixture server is usable here, else looped real-time file cameras (``--source file`` forces that).
+
+    .venv/bin/python bench/soak.py                       # 8 cameras, 10 minutes
+    .venv/bin/python bench/soak.py --cameras 4 --minutes 1 --source file
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import print_header, result_line, tiny_bundle  # noqa: E402
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def native_threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def sample(svc: Any) -> dict[str, float]:
+    lags = [c.status.lag for c in svc.cameras.values() if c.status.lag is not None]
+    return {
+        "rss_mb": rss_mb(),
+        "threads": float(threading.active_count()),
+        "native_threads": float(native_threads()),
+        "fds": float(open_fds()),
+        "encoder_queue": float(len(svc.encoder_queue)),
+        "head_queue": float(len(svc.head_queue)),
+        "lag_max_s": max(lags) if lags else float("nan"),
+        "frames": float(sum(c.reader.stats.frames for c in svc.cameras.values())),
+        "snippets": float(sum(c.cutter.emitted for c in svc.cameras.values())),
+        "scores": float(sum(c.status.scored for c in svc.cameras.values())),
+        "dropped": float(svc.encoder_queue.dropped + svc.head_queue.dropped),
+        "reconnects": float(sum(c.reader.stats.reconnects for c in svc.cameras.values())),
+    }
+
+
+def rtsp_sources(n: int, width: int, height: int, fps: int, work: Path) -> tuple[list[str], Any]:
+    """One RTSP server with n live mounts; returns (urls, server) or raises if it cannot run here."""
+    from tests.fixtures.rtsp import RtspServer, live_mount
+    from tests.fixtures.system import available
+
+    if not available("gst-rtsp-server"):
+        raise RuntimeError("GStreamer RTSP server not available")
+    mounts = {f"/cam{i}": live_mount(width=width, height=height, fps=fps, pattern="ball") for i in range(n)}
+    server = RtspServer(mounts, log_dir=work).start()
+    return [server.url(f"/cam{i}") for i in range(n)], server
+
+
+def file_sources(n: int, width: int, height: int, fps: int, work: Path) -> list[str]:
+    from tests.fixtures.clips import make_clip
+
+    urls = []
+    for i in range(n):
+        clip = make_clip(work / f"cam{i}.mp4", width=width, height=height, fps=fps, seconds=20.0, seed=i)
+        urls.append(f"file://{clip}")
+    return urls
+
+
+def config_text(urls: list[str], bundle: Path, work: Path, file_mode: bool) -> str:
+    cams = [{"name": f"cam{i}", "url": u, **({"loop": True, "realtime": True} if file_mode else {})}
+            for i, u in enumerate(urls)]
+    doc = {
+        "cameras": cams,
+        "model": {"bundle": str(bundle), "runtime": "onnxruntime", "threads": 1, "encoder_batch": 16,
+                  "queue_size": 64},
+        "window": {"length": 16, "lookahead": 2},
+        # events fire and end as the scores move, so the sinks and the journal work during the soak too
+        "events": {"on_threshold": 0.5, "off_threshold": 0.4, "min_duration": 0.0, "hold": 1.0, "cooldown": 2.0},
+        "ingest": {"open_timeout": 5, "read_timeout": 3, "backoff_initial": 0.5, "backoff_max": 5},
+        "sinks": [{"type": "jsonl", "path": str(work / "events.jsonl")}],
+        "metrics": {"enabled": True, "port": 0},
+        "spool": {"directory": str(work / "spool")},
+    }
+    return json.dumps(doc, indent=1)
+
+
+def summarise(samples: list[dict[str, float]], warm_index: int) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for key in samples[0]:
+        vals = [s[key] for s in samples if s[key] == s[key]]  # drop NaN
+        if not vals:
+            continue
+        warm = samples[min(warm_index, len(samples) - 1)][key]
+        out[key] = {"start": samples[0][key], "warm": warm, "end": samples[-1][key], "max": max(vals),
+                    "median": statistics.median(vals)}
+    return out
+
+
+def run_soak(cameras: int, seconds: float, source: str = "auto", width: int = 320, height: int = 180, fps: int = 10,
+             warmup: float = 20.0, interval: float = 1.0, out: Any = None) -> dict[str, Any]:
+    """Run the soak and return ``{"samples": [...], "summary": {...}, "source": ..., "warm_index": i}``."""
+    from stream.config import parse_config
+    from stream.service import Service
+
+    out = out or sys.stdout
+    bundle = tiny_bundle()
+    work = Path(tempfile.mkdtemp(prefix="dsanet-soak-"))
+    server = None
+    file_mode = source == "file"
+    urls: list[str] = []
+    if not file_mode:
+        try:
+            urls, server = rtsp_sources(cameras, width, height, fps, work)
+        except Exception as exc:  # no GStreamer here: fall back to looped real-time files
+            if source == "rtsp":
+                raise
+            print(f"RTSP live sources unavailable ({exc}); using looped real-time file cameras", file=out)
+            file_mode = True
+    if file_mode:
+        urls = file_sources(cameras, width, height, fps, work)
+    svc = Service(parse_config(config_text(urls, bundle, work, file_mode)), out=io.StringIO(), status_interval=0)
+    samples: list[dict[str, float]] = []
+    t0 = time.monotonic()
+    try:
+        svc.start()
+        samples.append(sample(svc))
+        next_t = t0 + interval
+        while time.monotonic() - t0 < seconds:
+            time.sleep(max(0.0, next_t - time.monotonic()))
+            next_t += interval
+            samples.append(sample(svc))
+    finally:
+        svc.shutdown()
+        if server is not None:
+            server.close()
+    warm_index = min(len(samples) - 1, int(warmup / interval))
+    events = sum(1 for e in svc.events if e.type == "start")
+    return {"samples": samples, "summary": summarise(samples, warm_index), "warm_index": warm_index,
+            "source": "file" if file_mode else "rtsp", "events": events, "elapsed": time.monotonic() - t0}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cameras", type=int, default=8)
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--source", choices=("auto", "rtsp", "file"), default="auto")
+    ap.add_argument("--width", type=int, default=320)
+    ap.add_argument("--height", type=int, default=180)
+    ap.add_argument("--fps", type=int, default=10)
+    ap.add_argument("--warmup", type=float, default=30.0, help="seconds before the 'warm' reference sample")
+    ap.add_argument("--json", help="also write every sample to this JSON file")
+    args = ap.parse_args(argv)
+    print_header(f"soak: {args.cameras} cameras, {args.minutes:g} min")
+    res = run_soak(args.cameras, args.minutes * 60.0, args.source, args.width, args.height, args.fps,
+                   warmup=args.warmup)
+    s = res["summary"]
+    print(f"source {res['source']}, {args.width}x{args.height} @ {args.fps} fps, {len(res['samples'])} samples, "
+          f"warm-up reference at {res['warm_index']} s, load(1m) now {os.getloadavg()[0]:.2f}")
+    print(f"{'metric':16s} {'start':>10s} {'warm':>10s} {'end':>10s} {'max':>10s} {'median':>10s}")
+    for key, v in s.items():
+        print(f"{key:16s} {v['start']:10.2f} {v['warm']:10.2f} {v['end']:10.2f} {v['max']:10.2f} {v['median']:10.2f}")
+    secs = max(1e-9, res["elapsed"])
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1))
+    print(result_line(cameras=args.cameras, minutes=args.minutes, source=res["source"],
+                      rss_start_mb=s["rss_mb"]["start"], rss_warm_mb=s["rss_mb"]["warm"],
+                      rss_end_mb=s["rss_mb"]["end"], rss_max_mb=s["rss_mb"]["max"],
+                      threads_warm=s["threads"]["warm"], threads_end=s["threads"]["end"],
+                      threads_max=s["threads"]["max"], native_threads_warm=s["native_threads"]["warm"],
+                      native_threads_end=s["native_threads"]["end"], fds_warm=s["fds"]["warm"],
+                      fds_end=s["fds"]["end"], fds_max=s["fds"]["max"],
+                      encoder_queue_max=s["encoder_queue"]["max"], head_queue_max=s["head_queue"]["max"],
+                      lag_median_s=s.get("lag_max_s", {}).get("median", float("nan")),
+                      lag_max_s=s.get("lag_max_s", {}).get("max", float("nan")),
+                      fps_total=s["frames"]["end"] / secs, scores=s["scores"]["end"], dropped=s["dropped"]["end"],
+                      reconnects=s["reconnects"]["end"], events=res["events"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
