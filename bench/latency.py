@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--events", type=int, default=None, help="events to wait for (default 22; quick 6)")
     ap.add_argument("--cameras", type=int, default=2, help="looping file cameras playing the event clip (default 2)")
     ap.add_argument("--lookahead", type=int, default=2, help="lookahead L in snippets (default: config default 2)")
-    ap.add_argument("--window", type=int, default=64, help="window length in snippets (default 64)")
+    ap.add_argument("--window", type=int, default=64,
+                    help="window length in snippets (default 64, at most the bundle's max_window)")
     ap.add_argument("--bundle", default=None,
                     help="use this bundle instead of the demo's ('tiny': the untrained tiny bundle, smoke tests only)")
     ap.add_argument("--min-duration", type=float, default=1.0, help="events.min_duration (default 1.0 s)")
@@ -155,6 +156,12 @@ def main(argv: list[str] | None = None) -> int:
         clip = event_clip()
     else:
         bundle, clip = demo_assets()
+    from engine.bundle import load_bundle
+
+    max_window = int(load_bundle(bundle).max_window)
+    if args.window > max_window:  # the demo model is small (its recipe sets visual_length)
+        print(f"window {args.window} > the bundle's max_window {max_window}: using {max_window}")
+        args.window = max_window
     n_events = args.events or (6 if args.quick else 22)
     loops = int(np.ceil(n_events / args.cameras))
     seconds = loops * PERIOD + EVENT[1] + 2.0

@@ -56,6 +56,8 @@ class Metrics:
         self.reconnects = Counter("dsanet_reconnects", "Reconnect attempts per camera.", ["camera"], registry=r)
         self.decode_errors = Counter("dsanet_decode_errors", "Packets the decoder rejected per camera.", ["camera"],
                                      registry=r)
+        self.frames_lost_c = Counter("dsanet_frames_lost", "Frames missing from a camera's stream (gaps in "
+                                     "presentation time).", ["camera"], registry=r)
         self.lag = Gauge("dsanet_stream_lag_seconds", "Now minus the capture time of the newest snippet in the "
                          "latest scored window.", ["camera"], registry=r)
         self.anomaly = Gauge("dsanet_anomaly_score", "Latest reported anomaly score per camera (0..1).", ["camera"],
@@ -86,6 +88,7 @@ class Metrics:
         self.snippets.labels(camera)
         self.reconnects.labels(camera)
         self.decode_errors.labels(camera)
+        self.frames_lost_c.labels(camera)
         self.camera_state(camera, CameraState.STOPPED)
 
     def camera_state(self, camera: str, state: CameraState) -> None:
@@ -100,6 +103,9 @@ class Metrics:
 
     def decode_error(self, camera: str, n: int = 1) -> None:
         self.decode_errors.labels(camera).inc(n)
+
+    def frames_lost(self, camera: str, n: int) -> None:
+        self.frames_lost_c.labels(camera).inc(n)
 
     def reconnect(self, camera: str) -> None:
         self.reconnects.labels(camera).inc()

@@ -46,6 +46,7 @@ from __future__ import annotations
 import enum
 import logging
 import random
+import statistics
 import threading
 import time
 from collections import deque
@@ -254,6 +255,8 @@ class ReaderMetrics(Protocol):
 
     def decode_error(self, camera: str) -> None: ...
 
+    def frames_lost(self, camera: str, n: int) -> None: ...
+
     def reconnect(self, camera: str) -> None: ...
 
 
@@ -265,6 +268,9 @@ class _NullMetrics:
         pass
 
     def decode_error(self, camera: str) -> None:
+        pass
+
+    def frames_lost(self, camera: str, n: int) -> None:
         pass
 
     def reconnect(self, camera: str) -> None:
@@ -315,6 +321,7 @@ class ReaderSettings:
 class ReaderStats:
     frames: int = 0
     decode_errors: int = 0
+    frames_lost: int = 0  # frames missing from the stream, from gaps in presentation time
     reconnects: int = 0
     sessions: int = 0
     last_frame_monotonic: float | None = None
@@ -328,6 +335,8 @@ class CameraReader:
     def __init__(self, settings: ReaderSettings, consumer: FrameConsumer, metrics: ReaderMetrics | None = None,
                  rng: random.Random | None = None, packets: PacketSink | None = None):
         self.settings = settings
+        self._last_pts: float | None = None
+        self._pts_deltas: deque[float] = deque(maxlen=32)
         self.kind = source_kind(settings.url)
         if settings.transport not in ("tcp", "udp"):
             raise SourceError(f"camera {settings.name!r}: transport must be tcp or udp, not {settings.transport!r}")
@@ -495,6 +504,7 @@ class CameraReader:
             stream = container.streams.video[0]
             self._stream, self._seg_key, self._pts_offset = stream, None, None
             self._pending_packets = []
+            self._last_pts, self._pts_deltas = None, deque(maxlen=32)
             self._live_clock.reset()
             rate = stream.average_rate or stream.guessed_rate
             self._media_clock.new_loop(float(1 / rate) if rate else None)
@@ -526,6 +536,9 @@ class CameraReader:
                     if not got_frame:
                         got_frame = True
                         self._set_state(CameraState.STREAMING)
+                    if getattr(av_frame, "is_corrupt", False):  # concealed by FFmpeg, still damage to count
+                        self.stats.decode_errors += 1
+                        self.metrics.decode_error(self.name)
                     self._deliver(av_frame)
                 self._buffer(packet)
             return got_frame
@@ -542,9 +555,27 @@ class CameraReader:
             except Exception:  # closing a broken connection can fail too; nothing to do about it
                 pass
 
+    def _count_lost(self, pts: float | None) -> None:
+        """Frames lost on the way show up as a gap in presentation time (the median recent interval is
+        the frame period; a file's average rate would already include the gap)."""
+        if pts is None:
+            return
+        if self._last_pts is not None:
+            d = pts - self._last_pts
+            if len(self._pts_deltas) >= 8:
+                interval = statistics.median(self._pts_deltas)
+                if interval > 0 and d > 1.5 * interval:
+                    n = round(d / interval) - 1
+                    self.stats.frames_lost += n
+                    self.metrics.frames_lost(self.name, n)
+            if d > 0:
+                self._pts_deltas.append(d)
+        self._last_pts = pts
+
     def _deliver(self, av_frame: Any) -> None:
         arrival, mono = time.time(), time.monotonic()
         pts = av_frame.time
+        self._count_lost(pts)
         if self.kind == "file":
             capture, release = self._media_clock.capture_time(pts, arrival, mono)
             if self.settings.realtime:

@@ -132,8 +132,6 @@ def test_dsanet_run_with_a_broken_file_camera_names_it_and_exits_cleanly(tmp_pat
     assert_clear_error(dsanet("run", "-c", str(cfg), cwd=tmp_path), "gone.mp4")
 
 
-@pytest.mark.xfail(strict=True, reason="frames the decoder had to conceal (av frame.is_corrupt) are not counted "
-                                       "as decode errors; see docs/reliability.md, findings")
 def test_concealed_corruption_is_counted(tmp_path, clip_factory):
     """Bit errors inside H.264 slices (one byte in 300 XOR-ed) make FFmpeg conceal, not raise: the decoder
     returns frames flagged corrupt. They must show in ``decode_errors`` (and dsanet_decode_errors_total),
