@@ -108,7 +108,7 @@ def build_demo(demo_dir: str | os.PathLike[str] | None = None, force: bool = Fal
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
-    say(f"demo: building the synthetic demo model in {root} (first run only, about a minute)")
+    say(f"demo: building the synthetic demo model in {root} (first run only, a few minutes)")
     clip_dir = build_tiny_clip(root / "clip", seed=0)
 
     data = root / "data"
