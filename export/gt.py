@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -271,11 +273,34 @@ def save_ground_truth(gt: GroundTruth, out_dir: str | os.PathLike[str], preset: 
     return [out / frame_name, out / seg_name, out / label_name]
 
 
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles numpy object arrays of plain Python values and nothing else (no code can run)."""
+
+    _ALLOWED = {(m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray")
+                for n in ("_reconstruct", "scalar")} | {("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: not part of a numpy object array")
+
+
 def _load_object(path: Path) -> list:
+    """Load VadCLIP's object-array ``.npy`` (pickled lists) without trusting the pickle."""
     try:
-        arr = np.load(path, allow_pickle=True)  # the official files are pickled object arrays
-    except (OSError, ValueError, EOFError) as exc:
+        with path.open("rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            _, _, dtype = read_header(fh)
+            if not dtype.hasobject:
+                fh.seek(0)
+                return list(np.load(fh, allow_pickle=False))
+            arr = _NumpyOnlyUnpickler(fh).load()
+    except (OSError, ValueError, EOFError, pickle.UnpicklingError) as exc:
         raise DataError(f"cannot read ground truth file {path}: {exc}") from exc
+    if not isinstance(arr, np.ndarray):
+        raise DataError(f"ground truth file {path} does not hold an array")
     return list(arr)
 
 
