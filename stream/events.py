@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import DsanetError
+from stream.fsutil import fsync_dir as _fsync_dir
 from stream.types import WindowScore
 
 log = logging.getLogger(__name__)
@@ -580,16 +581,3 @@ class OpenEventJournal:
                 updated_time=now if now is not None else e.updated_time, reason=REASON_RESTART_RECOVERY))
         return out
 
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename/unlink in ``path`` durable (no-op where directories cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

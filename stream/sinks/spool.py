@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stream.fsutil import fsync_dir as _fsync_dir
+
 log = logging.getLogger(__name__)
 
 _ENTRY = re.compile(r"^(\d{16})\.json$")
@@ -286,15 +288,3 @@ def _unlink(p: Path) -> None:
     except OSError:
         pass
 
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
