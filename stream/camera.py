@@ -82,16 +82,16 @@ class CameraPipeline:
         """Encoder worker: add one embedding to the window; returns the head job it makes, if any."""
         return self.window.push(embedding, now=now)
 
-    def push_score(self, ws: WindowScore, category: str | None, lag: float) -> list[Event]:
-        """Head worker: feed the event machine; the status is updated after, so a status line showing
-        this score never precedes the alert it caused."""
+    def push_score(self, ws: WindowScore) -> list[Event]:
+        """Head worker: feed the event machine; returns the events this score causes."""
         with self.lock:
-            try:
-                events = self.machine.push(ws)
-            finally:
-                st = self.status
-                st.score, st.lag, st.scored, st.category = ws.score, lag, st.scored + 1, category
-            return events
+            return self.machine.push(ws)
+
+    def note_score(self, ws: WindowScore, category: str | None, lag: float) -> None:
+        """Head worker, after the score's events went out: a status line never precedes its alert."""
+        with self.lock:
+            st = self.status
+            st.score, st.lag, st.scored, st.category = ws.score, lag, st.scored + 1, category
 
     def note_event(self, ev: Event) -> None:
         with self.lock:

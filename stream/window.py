@@ -40,43 +40,15 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from stream.types import Frame, SnippetEmbedding, WindowScore
+from stream.types import Frame, RowInfo, SnippetEmbedding, WindowJob, WindowScore
 
 DEFAULT_LOOKAHEAD = 4
 
 ScoreFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 """``(features [B,T,D] float32, lengths [B] int64) -> (scores [B,T], class_probs [B,T,C])``."""
-
-
-@dataclass(frozen=True)
-class RowInfo:
-    """What a window row stands for (kept beside the embedding)."""
-
-    index: int
-    start_time: float
-    end_time: float
-
-
-@dataclass(frozen=True)
-class WindowJob:
-    """One window for the head: its rows and which of them to report."""
-
-    camera: str
-    features: np.ndarray = field(repr=False)  # [T, D] float32, a copy (the ring keeps moving)
-    readout: tuple[int, ...]  # row positions whose scores are reported (one live, up to L+1 on flush)
-    rows: tuple[RowInfo, ...]  # info of the readout rows, same order
-    frames: tuple[Frame | None, ...] = field(repr=False)  # frames of the readout rows (evidence), same order
-    newest_index: int = 0
-    newest_end_time: float = 0.0
-    created_monotonic: float = 0.0
-
-    @property
-    def length(self) -> int:
-        return int(self.features.shape[0])
 
 
 class EmbeddingWindow:
