@@ -37,12 +37,23 @@ class Head(Protocol):
 class BundleInfo(Protocol):
     """The parts of ``engine.bundle.Bundle`` the live side reads."""
 
-    name: str
-    snippet_frames: int
-    snippet_fps: float
-    max_window: int
-    class_names: Sequence[str]
-    display_names: Sequence[str]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def snippet_frames(self) -> int: ...
+
+    @property
+    def snippet_fps(self) -> float: ...
+
+    @property
+    def max_window(self) -> int: ...
+
+    @property
+    def class_names(self) -> Sequence[str]: ...
+
+    @property
+    def display_names(self) -> Sequence[str]: ...
 
 
 @dataclass

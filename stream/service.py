@@ -181,8 +181,10 @@ class Service:
         if enabled:
             self.metrics.register_camera(cam.name)
             # a reader whose thread has ended (file finished) is not stuck: it counts as live
-            self.metrics.add_liveness(f"reader:{cam.name}",
-                                      lambda r=reader: r.heartbeat if r.alive else time.monotonic())
+            def progress(r: CameraReader = reader) -> float:
+                return r.heartbeat if r.alive else time.monotonic()
+
+            self.metrics.add_liveness(f"reader:{cam.name}", progress)
         return pipeline
 
     def _ring_seconds(self, ecfg: EventsConfig, lookahead: int) -> float:
@@ -393,8 +395,8 @@ class Service:
             try:
                 self.shutdown()
             finally:
-                for sig, h in previous.items():
-                    signal.signal(sig, h)
+                for signum, h in previous.items():
+                    signal.signal(signum, h)
         return 0
 
     def shutdown(self) -> dict[str, float]:

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("stream.evidence")
 
 
+@dataclass
 class _CameraState:
     ring: PacketRing | None
     on_threshold: float
