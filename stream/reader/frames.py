@@ -27,7 +27,8 @@ class LazyFrame:
                  av_frame: Any = None, rgb: np.ndarray | None = None):
         self.camera, self.index = camera, index
         self.capture_time, self.monotonic, self.pts_seconds = capture_time, monotonic, pts_seconds
-        self._av, self._rgb, self._frame = av_frame, rgb, None
+        self._av, self._rgb = av_frame, rgb
+        self._frame: Frame | None = None
         if rgb is not None:
             self.height, self.width = int(rgb.shape[0]), int(rgb.shape[1])
         else:
