@@ -212,12 +212,15 @@ class ModelConfig(_Model):
         return v
 
 
-class _SinkBase(_Model):
+class SinkConfigBase(_Model):
+    """What every sink config has; a sink registered by a plugin takes a subclass of its own."""
+
+    type: str = Field(description="Sink type (the registry name).")
     name: str | None = Field(None, description="Name in metrics and logs (defaults to the type).")
     spool_max_events: int = Field(10000, ge=1, description="Events kept on disk for retry; when full the oldest is dropped and counted.")
 
 
-class JsonlSinkConfig(_SinkBase):
+class JsonlSinkConfig(SinkConfigBase):
     """Append one JSON line per event to a file."""
 
     type: Literal["jsonl"] = Field(description="Sink type.")
@@ -225,14 +228,14 @@ class JsonlSinkConfig(_SinkBase):
     fsync: bool = Field(True, description="fsync the file when an event ends.")
 
 
-class StdoutSinkConfig(_SinkBase):
+class StdoutSinkConfig(SinkConfigBase):
     """Print events to standard output."""
 
     type: Literal["stdout"] = Field(description="Sink type.")
     format: Literal["text", "json"] = Field("text", description="One readable line per event, or its JSON.")
 
 
-class WebhookSinkConfig(_SinkBase):
+class WebhookSinkConfig(SinkConfigBase):
     """POST every event as JSON."""
 
     type: Literal["webhook"] = Field(description="Sink type.")
@@ -253,7 +256,7 @@ class WebhookSinkConfig(_SinkBase):
         return v
 
 
-class MqttSinkConfig(_SinkBase):
+class MqttSinkConfig(SinkConfigBase):
     """Publish events and live scores to an MQTT broker (Frigate-style topics)."""
 
     type: Literal["mqtt"] = Field(description="Sink type.")
