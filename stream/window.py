@@ -1,7 +1,7 @@
 """The sliding window of snippet embeddings per camera, and the lookahead read-out (live and offline).
 
 Each camera keeps the last ``W`` snippet embeddings (``window.length``, at most the bundle's
-``max_window`` = 256). Every new snippet makes the window a job for the head, which scores all ``T <= W``
+``max_window`` = ``engine.bundle.DEFAULT_MAX_WINDOW``, 256). Every new snippet makes the window a job for the head, which scores all ``T <= W``
 rows at once, exactly as the official evaluation scores a video of ``T`` snippets. The head is *not*
 causal (local self-attention in blocks of 8 rows, a k=5 convolution, a distance graph
 ``exp(-|i-j|/e)`` and a similarity graph over the whole window), so the newest row's score has seen no
@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
+from engine.bundle import DEFAULT_MAX_WINDOW
 from stream.types import Frame, RowInfo, SnippetEmbedding, WindowJob, WindowScore
 
 DEFAULT_LOOKAHEAD = 4
@@ -58,7 +59,7 @@ class EmbeddingWindow:
     """
 
     def __init__(self, length: int, lookahead: int = DEFAULT_LOOKAHEAD, camera: str = "",
-                 max_window: int = 256):
+                 max_window: int = DEFAULT_MAX_WINDOW):
         if not 1 <= length <= max_window:
             raise ValueError(f"window length must be in 1..{max_window}, got {length}")
         if not 0 <= lookahead < length:
@@ -210,7 +211,7 @@ def streaming_scores(embeddings: np.ndarray, score_fn: ScoreFn, length: int,
     return scores, probs
 
 
-def offline_scores(embeddings: np.ndarray, score_fn: ScoreFn, max_window: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def offline_scores(embeddings: np.ndarray, score_fn: ScoreFn, max_window: int = DEFAULT_MAX_WINDOW) -> tuple[np.ndarray, np.ndarray]:
     """Reference: the whole video scored at once (in chunks of ``max_window`` like the official test code)."""
     emb = np.asarray(embeddings, dtype=np.float32)
     outs_s, outs_p = [], []
