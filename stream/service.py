@@ -45,7 +45,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
@@ -73,6 +73,9 @@ from stream.sinks.base import Sink
 from stream.snippets import SnippetCutter, SnippetSpec
 from stream.types import CameraSnapshot, ScoreRecord, Snippet, SnippetEmbedding, WindowJob, WindowScore
 from stream.window import EmbeddingWindow
+
+if TYPE_CHECKING:
+    from stream.evidence import EvidenceManager
 
 log = logging.getLogger(__name__)
 
@@ -138,14 +141,14 @@ class Service:
         self.listeners = ListenerHub(self.metrics)
         echo = None if any(s.type_name == "stdout" for s in self.sinks) else self._print
         self.delivery = EventDelivery(self.sinks, self.journal, self.metrics, self.cameras, self.listeners, echo)
-        self.evidence: Any = None
+        self.evidence: EvidenceManager | None = None
         self._emit: Callable[[Event], None] = self.delivery.submit
         if cfg.evidence.enabled:
             from stream.evidence import EvidenceManager
 
-            self.evidence = EvidenceManager(cfg.evidence, self.delivery.submit, self.metrics)
-            self._emit = self.evidence.submit
-            ev_mgr = self.evidence
+            ev_mgr = EvidenceManager(cfg.evidence, self.delivery.submit, self.metrics)
+            self.evidence = ev_mgr
+            self._emit = ev_mgr.submit
             self.metrics.add_liveness("evidence", lambda: ev_mgr.heartbeat if ev_mgr._thread is not None
                                       and ev_mgr._thread.is_alive() else time.monotonic())
 
