@@ -48,6 +48,7 @@ class MqttSink(Sink):
         kw.setdefault("backoff_initial", 1.0)
         kw.setdefault("backoff_max", 30.0)
         super().__init__(cfg, spool_dir, metrics, **kw)
+        self.mqtt_cfg = cfg
         self.host = cfg.host
         self.port = cfg.port
         self.prefix = cfg.prefix.rstrip("/")
@@ -83,9 +84,9 @@ class MqttSink(Sink):
 
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
                         protocol=mqtt.MQTTv311, clean_session=True)
-        if self.cfg.username:
-            c.username_pw_set(self.cfg.username, _secret(self.cfg.password))
-        if self.cfg.tls:
+        if self.mqtt_cfg.username:
+            c.username_pw_set(self.mqtt_cfg.username, _secret(self.mqtt_cfg.password))
+        if self.mqtt_cfg.tls:
             c.tls_set()
         c.will_set(self.available_topic, OFFLINE, qos=1, retain=True)
         c.reconnect_delay_set(min_delay=self.reconnect_min, max_delay=max(self.reconnect_min, self.reconnect_max))
