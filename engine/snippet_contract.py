@@ -125,7 +125,7 @@ class MiddleFrameHolder(Generic[T]):
 
     @property
     def held(self) -> int:
-        """How many frames are held now (for tests of the memory bound)."""
+        """How many frames are held now (about half of ``count``: the memory bound)."""
         return len(self._held)
 
     def reset(self) -> None:

@@ -223,3 +223,17 @@ def test_prepare_runs_once_per_embedded_frame_in_the_cutter():
         assert s.pixels is not None and s.pixels[0, 0, 0] == s.frame.index
     filled = [i for i, s in enumerate(out) if s.n_frames == 0]
     assert all(out[i].pixels is out[i - 1].pixels for i in filled)
+
+
+def test_middle_frame_holder_keeps_only_frames_that_can_still_be_the_middle():
+    from engine.snippet_contract import MiddleFrameHolder
+
+    holder: MiddleFrameHolder[int] = MiddleFrameHolder()
+    for k in range(1, 40):
+        holder.add(k - 1)  # frame value = its position in the snippet
+        assert holder.chosen() == k // 2  # the middle of the k frames so far
+        assert holder.held == k - k // 2  # about half a snippet, never the whole of it
+    holder.reset()
+    assert holder.count == 0 and holder.held == 0
+    with pytest.raises(ValueError):
+        holder.chosen()
