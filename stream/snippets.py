@@ -11,9 +11,10 @@ mapped to the wall clock), so network jitter does not move boundaries.
 
 **Which frame is embedded**, how long a snippet is, how the middle frame is held and when an empty
 snippet is filled: the rules are :mod:`engine.snippet_contract`, shared with the training feature
-extractor (``export.extract``), so live rows match extracted rows exactly at the training rate. Only the
-embedded frame is converted to RGB: the others are decoded (inter-frame codecs need them) but never
-converted (:class:`stream.reader.LazyFrame`).
+extractor (``export.extract``), so both embed the very same frames of a video (``tests/test_snippets.py``
+checks it at 30, 15 and 12.5 fps; the extractor cut by time at other rates). Only the embedded frame is
+converted to RGB: the others are decoded (inter-frame codecs need them) but never converted
+(:class:`stream.reader.LazyFrame`).
 
 **Cameras slower than one frame per snippet** (for example 1 fps): some snippets contain no frame.
 Such a snippet is *filled*: it is emitted with the previous snippet's frame and ``n_frames = 0``, as long
