@@ -79,3 +79,16 @@ def test_runtime_failures_exit_1_and_other_user_errors_exit_2():
 def test_help_documents_the_exit_status():
     text = build_parser().format_help()
     assert "exit status (every command)" in text and "bad input or config" in text and "runtime failure" in text
+
+
+def test_run_without_config_resolves_the_default_and_says_how_to_build_it(tmp_path, monkeypatch, capsys):
+    """``dsanet run`` with no -c runs the default config (the demo); before ``prepare-demo`` it exits 2."""
+    from engine.demo_paths import DEMO_CONFIG, resolve_run_config
+
+    monkeypatch.setenv("DSANET_DEMO_DIR", str(tmp_path / "empty"))
+    assert _run(["run"]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "dsanet prepare-demo" in err and str(tmp_path / "empty") in err
+    other = tmp_path / "site.yaml"
+    assert resolve_run_config(str(other)) == (other, None)  # any other file runs as given, no banner
+    assert DEMO_CONFIG.is_file()
