@@ -34,13 +34,7 @@ from stream.redact import redact
 from stream.window import DEFAULT_LOOKAHEAD
 
 URL_SCHEMES = ("rtsp", "rtsps", "http", "https", "file")
-DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
-DEMO_DIR = Path(__file__).resolve().parent.parent / ".cache" / "demo"
-
-
-def use_demo_defaults() -> Path:
-    """Point ``${DSANET_DEMO_DIR}`` in the demo config at the repository's demo cache unless set."""
-    return Path(os.environ.setdefault("DSANET_DEMO_DIR", str(DEMO_DIR)))
+from engine.demo_paths import DEMO_CONFIG, DEMO_DIR, use_demo_defaults  # noqa: E402,F401  (moved there)
 
 
 class ConfigError(DsanetError):
