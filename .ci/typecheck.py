@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--update", action="store_true", help="lower the baseline to the current counts")
     args = ap.parse_args(argv)
     proc = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode not in (0, 1):  # 2: mypy itself failed (bad config, crash)
+    summary = re.search(r"^(Success: no issues found in \d+ source files?|Found \d+ errors? in \d+ files?)", proc.stdout, re.M)
+    if proc.returncode not in (0, 1) or summary is None:  # 2 or no summary: mypy itself did not run
         sys.stdout.write(proc.stdout + proc.stderr)
         print("typecheck: mypy did not run", file=sys.stderr)
         return 2
