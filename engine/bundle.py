@@ -8,6 +8,10 @@ A bundle is a directory::
                          -> scores [B,T], class_probs [B,T,C]
     head.safetensors     (optional) the head's weights + DSANetConfig, for the torch / TensorRT runtimes
     encoder_torch/       (optional) the CLIP image tower in Hugging Face layout, for torch / TensorRT
+    text.onnx            (optional) adapted text tower, input_ids [N,L] int64 -> prompt_features,
+                         text_features [N,D] (engine.categories: categories chosen at deployment)
+    head_open.onnx       (optional) the head with text_features [C,D] as a third input (dynamic C)
+    tokenizer/           (optional) the CLIP tokenizer (tokenizer.json, read with ``tokenizers``)
 
 ``load_bundle`` refuses anything inconsistent with a ``BundleError`` naming the file and the problem,
 so a damaged or mismatched bundle fails at start-up instead of producing silent garbage scores. Graph
@@ -40,6 +44,9 @@ ENCODER_ONNX = "encoder.onnx"
 HEAD_ONNX = "head.onnx"
 HEAD_WEIGHTS = "head.safetensors"
 ENCODER_TORCH_DIR = "encoder_torch"
+TEXT_ONNX = "text.onnx"
+HEAD_OPEN_ONNX = "head_open.onnx"
+TOKENIZER_DIR = "tokenizer"
 DEFAULT_MAX_WINDOW = 256
 DEFAULT_MAX_BATCH = 64
 
@@ -99,6 +106,32 @@ class HeadSpec(_Strict):
     max_batch: int = Field(default=DEFAULT_MAX_BATCH, ge=1)
 
 
+class TextSpec(_Strict):
+    """The adapted text tower and its tokenizer: what turns category words into class features."""
+
+    file: str = TEXT_ONNX
+    input: str = "input_ids"
+    prompt_output: str = "prompt_features"  # raw per-prompt features (before L2 normalisation)
+    output: str = "text_features"  # the same, L2-normalised
+    tokenizer: str = f"{TOKENIZER_DIR}/tokenizer.json"
+    eos_id: int = Field(ge=0)
+    pad_id: int = Field(ge=0)
+    max_tokens: int = Field(default=77, ge=2)
+    class_prompts: tuple[tuple[str, ...], ...]  # the prompts each bundle class was trained with
+
+
+class HeadOpenSpec(_Strict):
+    """``head_open.onnx``: the head with the class text features as an input."""
+
+    file: str = HEAD_OPEN_ONNX
+    features: str = "features"
+    lengths: str = "lengths"
+    text_features: str = "text_features"
+    scores: str = "scores"
+    class_probs: str = "class_probs"
+    max_batch: int = Field(default=DEFAULT_MAX_BATCH, ge=1)
+
+
 class TorchSpec(_Strict):
     """Where the torch / TensorRT runtimes find weights (relative to the bundle directory)."""
 
@@ -134,6 +167,8 @@ class Bundle(_Strict):
     encoder: EncoderSpec = Field(default_factory=EncoderSpec)
     head: HeadSpec = Field(default_factory=HeadSpec)
     torch: TorchSpec | None = None
+    text: TextSpec | None = None  # optional: bundles exported before categories lack it
+    head_open: HeadOpenSpec | None = None
     source: SourceInfo = Field(default_factory=SourceInfo)
     evaluation: dict[str, Any] | None = None
     tools: dict[str, str] = Field(default_factory=dict)
@@ -169,6 +204,9 @@ class Bundle(_Strict):
             raise ValueError(f"class_names has duplicates: {list(self.class_names)}")
         if len(self.display_names) != len(self.class_names):
             raise ValueError(f"display_names has {len(self.display_names)} entries but class_names has "
+                             f"{len(self.class_names)}")
+        if self.text is not None and len(self.text.class_prompts) != len(self.class_names):
+            raise ValueError(f"text.class_prompts has {len(self.text.class_prompts)} entries but class_names has "
                              f"{len(self.class_names)}")
         expected = self.snippet_frames / self.snippet_fps
         if not math.isclose(expected, self.snippet_seconds, rel_tol=1e-3):
@@ -226,6 +264,7 @@ class Bundle(_Strict):
             f"  encoder       {self.encoder.file} ({self.encoder.quantization or 'fp32'}, max batch {self.encoder.max_batch})",
             f"  head          {self.head.file} (max batch {self.head.max_batch})",
             f"  torch weights {'yes' if self.torch else 'no (onnxruntime only)'}",
+            f"  categories    {'editable (' + self.text.file + ', ' + self.head_open.file + ')' if self.text and self.head_open else 'fixed (no text tower in this bundle)'}",
             f"  source        checkpoint {src.checkpoint or '-'} sha256 {(src.checkpoint_sha256 or '-')[:16]}"
             f" preset {src.preset or '-'} clip {src.clip or '-'}"
             + ("  [TINY RANDOM CLIP: scores are meaningless]" if src.tiny_clip else ""),
@@ -253,6 +292,12 @@ def describe_parity(parity: dict[str, Any]) -> str:
     if h:
         parts.append(f"head max|diff| scores {h['scores_max_abs']:.2e}, class_probs {h['class_probs_max_abs']:.2e} "
                      f"(<= {h['tolerance']:.0e}: {'ok' if h['passed'] else 'FAIL'})")
+    t = parity.get("text")
+    if t:
+        parts.append(f"text max|diff| {t['max_abs']:.2e} (<= {t['tolerance']:.0e}: {'ok' if t['passed'] else 'FAIL'})")
+    o = parity.get("head_open")
+    if o:
+        parts.append(f"head_open max|diff| {o['max_abs']:.2e} (<= {o['tolerance']:.0e}: {'ok' if o['passed'] else 'FAIL'})")
     for key in ("encoder", "encoder_int8"):
         e = parity.get(key)
         if e:
@@ -382,6 +427,27 @@ def check_graphs(bundle: Bundle) -> None:
     c = _last_dim(head_out[h.class_probs])
     if c is not None and c != bundle.num_classes:
         raise BundleError(f"{head_path}: class_probs has {c} classes but bundle.json lists {bundle.num_classes}")
+    _check_category_graphs(bundle)
+
+
+def _check_category_graphs(bundle: Bundle) -> None:
+    """text.onnx and head_open.onnx (when present): names and the text feature width."""
+    widths = {}
+    for spec, ins, outs in ((bundle.text, ("input",), ("prompt_output", "output")),
+                            (bundle.head_open, ("features", "lengths", "text_features"), ("scores", "class_probs"))):
+        if spec is None:
+            continue
+        path = bundle.path(spec.file)
+        g_in, g_out = onnx_io(path)
+        for attrs, io, kind in ((ins, g_in, "input"), (outs, g_out, "output")):
+            for a in attrs:
+                n = getattr(spec, a)
+                if n not in io:
+                    raise BundleError(f"{path}: has no {kind} named {n!r} (graph {kind}s: {sorted(io)})")
+        widths[spec.file] = _last_dim(g_out[spec.output]) if spec is bundle.text else _last_dim(g_in[spec.text_features])
+    known = {k: w for k, w in widths.items() if w is not None}
+    if len(set(known.values())) > 1:
+        raise BundleError(f"text feature widths differ between {' and '.join(known)}: {known}")
 
 
 def load_bundle(bundle_dir: str | os.PathLike[str], verify_hashes: bool = True, inspect_graphs: bool = True) -> Bundle:
@@ -392,6 +458,8 @@ def load_bundle(bundle_dir: str | os.PathLike[str], verify_hashes: bool = True, 
     meta = root / BUNDLE_JSON
     bundle = parse_bundle_json(_read_json(meta), meta).model_copy(update={"root": root.resolve()})
     required = [bundle.encoder.file, bundle.head.file]
+    required += [bundle.text.file, bundle.text.tokenizer] if bundle.text else []
+    required += [bundle.head_open.file] if bundle.head_open else []
     for name in required:
         if name not in bundle.files:
             raise BundleError(f"{meta}: files has no entry for {name!r}")

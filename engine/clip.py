@@ -155,3 +155,15 @@ def load_tokenizer(clip_dir: str | os.PathLike[str]):
         return CLIPTokenizer.from_pretrained(str(clip_dir), local_files_only=True)
     except Exception as exc:
         raise ClipLoadError(f"cannot load the CLIP tokenizer from {clip_dir}: {exc}") from exc
+
+
+def load_fast_tokenizer(clip_dir: str | os.PathLike[str]):  # -> transformers.CLIPTokenizerFast
+    """The CLIP tokenizer as a ``tokenizers`` pipeline (converted from vocab/merges when the folder has no
+    tokenizer.json): what a bundle saves so the live side tokenizes without transformers or torch."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import CLIPTokenizerFast
+
+    try:
+        return CLIPTokenizerFast.from_pretrained(str(clip_dir), local_files_only=True)
+    except Exception as exc:
+        raise ClipLoadError(f"cannot load the CLIP tokenizer (fast) from {clip_dir}: {exc}") from exc

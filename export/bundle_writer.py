@@ -27,10 +27,15 @@ from engine.bundle import (
     ENCODER_ONNX,
     ENCODER_TORCH_DIR,
     HEAD_ONNX,
+    HEAD_OPEN_ONNX,
     HEAD_WEIGHTS,
+    TEXT_ONNX,
+    TOKENIZER_DIR,
     Bundle,
     EncoderSpec,
+    HeadOpenSpec,
     HeadSpec,
+    TextSpec,
     SourceInfo,
     TorchSpec,
     describe_parity,
@@ -88,12 +93,43 @@ def _save_head_weights(head: Any, path: Path) -> None:
     save_file(state, str(path), metadata={"dsanet_config": head.config.to_json()})
 
 
-def write_bundle(head: Any, vision: Any, out_dir: str | os.PathLike[str], preprocessing: Preprocessing,
-                 options: ExportOptions | None = None, force: bool = False) -> Bundle:
-    """Export both networks, check parity, write bundle.json; return the loaded, validated bundle.
+def _export_categories(head: Any, text: Any, clip_dir: Path, tmp: Path, opts: ExportOptions,
+                       parity: dict[str, Any]) -> TextSpec:
+    """text.onnx, tokenizer/ and head_open.onnx, with their parity figures: what category edits need."""
+    import numpy as np
 
-    ``head``: a ``DSANetHead``; ``vision``: a ``CLIPVisionModelWithProjection``. Raises ``ParityError``
-    (bundle not written) when a graph disagrees with torch.
+    from engine.clip import load_fast_tokenizer
+    from engine.model.head import DSANetOpenHead
+    from engine.model.text import PromptFeatureGraph
+
+    config = head.config
+    tokenizer = load_fast_tokenizer(clip_dir)
+    tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
+    eos, pad = int(tokenizer.eos_token_id), int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None
+                                                  else tokenizer.eos_token_id)
+    log.info("exporting the text tower")
+    onnx_export.export_text_onnx(PromptFeatureGraph(text.eval().cpu(), eos), tmp / TEXT_ONNX, opset=opts.opset)
+    prompts = [list(p) for p in config.class_prompts]
+    parity["text"] = checks.text_parity(text, tmp / TEXT_ONNX, tmp / TOKENIZER_DIR / "tokenizer.json", prompts, eos, pad)
+    log.info("exporting the open-vocabulary head")
+    open_head = DSANetOpenHead(config, head.backbone, head.text_features)
+    onnx_export.export_open_head_onnx(open_head, tmp / HEAD_OPEN_ONNX, int(config.embed_dim),
+                                      int(config.visual_length), opts.max_batch, opset=opts.opset)
+    sess_feats = checks.onnx_class_features(tmp / TEXT_ONNX, tmp / TOKENIZER_DIR / "tokenizer.json", prompts, eos, pad)
+    parity["head_open"] = checks.head_open_parity(tmp / HEAD_ONNX, tmp / HEAD_OPEN_ONNX, np.asarray(sess_feats),
+                                                  int(config.embed_dim), head_cases(int(config.visual_length)))
+    return TextSpec(eos_id=eos, pad_id=pad, class_prompts=tuple(tuple(p) for p in prompts))
+
+
+def write_bundle(head: Any, vision: Any, out_dir: str | os.PathLike[str], preprocessing: Preprocessing,
+                 options: ExportOptions | None = None, force: bool = False, text: Any | None = None,
+                 clip_dir: str | os.PathLike[str] | None = None) -> Bundle:
+    """Export the networks, check parity, write bundle.json; return the loaded, validated bundle.
+
+    ``head``: a ``DSANetHead``; ``vision``: a ``CLIPVisionModelWithProjection``; ``text`` (with
+    ``clip_dir`` for its tokenizer): the model's ``AdaptedCLIPText``, which adds ``text.onnx``,
+    ``tokenizer/`` and ``head_open.onnx`` so the bundle's categories can be edited at deployment.
+    Raises ``ParityError`` (bundle not written) when a graph disagrees with torch.
     """
     import torch
 
@@ -124,6 +160,11 @@ def write_bundle(head: Any, vision: Any, out_dir: str | os.PathLike[str], prepro
         enc_fp32 = tmp / (ENCODER_ONNX if not opts.encoder_int8 else "encoder.fp32.onnx")
         onnx_export.export_encoder_onnx(encoder, enc_fp32, preprocessing.size, opts.max_batch, opts.opset)
         parity["encoder"] = checks.encoder_parity(encoder, enc_fp32, preprocessing.size)
+        text_spec = None
+        if text is not None:
+            if clip_dir is None:
+                raise ExportError("exporting the text tower needs the CLIP folder of its tokenizer (clip_dir)")
+            text_spec = _export_categories(head, text, Path(clip_dir), tmp, opts, parity)
         if opts.encoder_int8:
             onnx_export.quantize_encoder_int8(enc_fp32, tmp / ENCODER_ONNX)
             parity["encoder_int8"] = checks.encoder_parity(encoder, tmp / ENCODER_ONNX, preprocessing.size,
@@ -135,6 +176,8 @@ def write_bundle(head: Any, vision: Any, out_dir: str | os.PathLike[str], prepro
         log.info("parity: %s", describe_parity(parity))
 
         names = [ENCODER_ONNX, HEAD_ONNX]
+        if text_spec is not None:
+            names += [TEXT_ONNX, HEAD_OPEN_ONNX, TOKENIZER_DIR]
         torch_spec = None
         if opts.torch_weights:
             _save_head_weights(head, tmp / HEAD_WEIGHTS)
@@ -156,6 +199,8 @@ def write_bundle(head: Any, vision: Any, out_dir: str | os.PathLike[str], prepro
             encoder=EncoderSpec(quantization="int8-dynamic" if opts.encoder_int8 else None, max_batch=opts.max_batch),
             head=HeadSpec(max_batch=opts.max_batch),
             torch=torch_spec,
+            text=text_spec,
+            head_open=HeadOpenSpec(max_batch=opts.max_batch) if text_spec is not None else None,
             source=SourceInfo(checkpoint=opts.source.get("checkpoint"),
                               checkpoint_sha256=opts.source.get("checkpoint_sha256"), preset=preset,
                               clip=opts.clip, tiny_clip=opts.tiny_clip),
@@ -221,7 +266,7 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], clip: str, out_dir: st
     if opts.evaluation is None:
         opts.evaluation = _find_evaluation(Path(checkpoint).parent) or source.get("evaluation")
     return write_bundle(model.inference_head(), load_vision_model(clip_dir), out_dir,
-                        Preprocessing.from_clip_dir(clip_dir), opts, force=force)
+                        Preprocessing.from_clip_dir(clip_dir), opts, force=force, text=model.text, clip_dir=clip_dir)
 
 
 def _find_evaluation(run_dir: Path) -> dict[str, Any] | None:

@@ -109,3 +109,55 @@ def onnx_opset(path: Path) -> int | None:
         if imp.domain in ("", "ai.onnx"):
             return int(imp.version)
     return None
+
+
+TEXT_MAX_TOKENS = 77  # CLIP's context length
+
+
+def export_text_onnx(graph: Any, path: Path, max_prompts: int = 4096, opset: int | None = None) -> Path:
+    """``PromptFeatureGraph`` -> ONNX with dynamic prompt count and token length (2..77)."""
+    import torch
+
+    prompts = torch.export.Dim("prompts", min=1, max=max_prompts)
+    tokens = torch.export.Dim("tokens", min=2, max=TEXT_MAX_TOKENS)
+    ids = torch.zeros((3, 7), dtype=torch.int64)  # 3 != 7: torch.export must not tie the two axes
+    ids[:, -1] = graph.eos_id
+    ids[0, 3] = graph.eos_id
+    kwargs: dict[str, Any] = dict(dynamo=True, input_names=["input_ids"],
+                                  output_names=["prompt_features", "text_features"],
+                                  dynamic_shapes={"input_ids": {0: prompts, 1: tokens}}, external_data=False,
+                                  verbose=False)
+    if opset:
+        kwargs["opset_version"] = opset
+    try:
+        with torch.no_grad():
+            _quiet_export(torch.onnx.export, graph.eval(), (ids,), str(path), **kwargs)
+    except Exception as exc:
+        raise ExportFailure(f"ONNX export of the text tower failed: {type(exc).__name__}: {exc}") from exc
+    return path
+
+
+def export_open_head_onnx(head: Any, path: Path, width: int, max_window: int, max_batch: int = DEFAULT_MAX_BATCH,
+                          max_classes: int = 1024, opset: int | None = None) -> Path:
+    """``DSANetOpenHead`` -> ONNX: dynamic batch, window (1..max_window) and class count (2..max_classes)."""
+    import torch
+
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    window = torch.export.Dim("window", min=1, max=max_window)
+    classes = torch.export.Dim("classes", min=2, max=max_classes)
+    feats = torch.zeros((2, 16, width), dtype=torch.float32)
+    lengths = torch.tensor([16, 9], dtype=torch.int64)
+    text = torch.nn.functional.normalize(torch.randn((5, head.text_features.shape[1])), dim=-1)
+    kwargs: dict[str, Any] = dict(dynamo=True, input_names=["features", "lengths", "text_features"],
+                                  output_names=["scores", "class_probs"],
+                                  dynamic_shapes={"features": {0: batch, 1: window}, "lengths": {0: batch},
+                                                  "text_features": {0: classes}},
+                                  external_data=False, verbose=False)
+    if opset:
+        kwargs["opset_version"] = opset
+    try:
+        with torch.no_grad():
+            _quiet_export(torch.onnx.export, head.eval(), (feats, lengths, text), str(path), **kwargs)
+    except Exception as exc:
+        raise ExportFailure(f"ONNX export of the open-vocabulary head failed: {type(exc).__name__}: {exc}") from exc
+    return path

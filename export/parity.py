@@ -108,3 +108,85 @@ def encoder_parity(encoder: Any, onnx_path: Path, size: int, min_cosine: float =
     return {"images": int(len(images)), "min_cosine": float(cos.min()), "mean_cosine": float(cos.mean()),
             "max_abs": float(np.abs(got - ref).max()), "min_required": min_cosine,
             "passed": bool(cos.min() >= min_cosine)}
+
+
+TEXT_TOLERANCE = 1e-5
+HEAD_OPEN_TOLERANCE = 1e-5
+
+
+def _tokens_until_eos(ids: list[int], eos: int) -> list[int]:
+    return ids[: ids.index(eos) + 1] if eos in ids else ids
+
+
+def text_parity(text: Any, onnx_path: Path, tokenizer_json: Path, class_prompts: list[list[str]], eos_id: int,
+                pad_id: int) -> dict[str, Any]:
+    """Class features through the deployed path (``tokenizers`` + text.onnx on ORT, the model's averaging)
+    against ``AdaptedCLIPText()`` in torch, on the bundle's own prompts; token ids must agree exactly."""
+    import torch
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_json))
+    flat = [p for ps in class_prompts for p in ps]
+    ref_ids = [_tokens_until_eos(r, eos_id) for r in text.input_ids.tolist()]
+    got_ids = [_tokens_until_eos(tok.encode(p).ids, eos_id) for p in flat]
+    mismatched = [p for p, a, b in zip(flat, ref_ids, got_ids, strict=True) if a != b]
+    n = max(len(r) for r in got_ids)
+    ids = np.full((len(got_ids), n), pad_id, dtype=np.int64)
+    for i, r in enumerate(got_ids):
+        ids[i, : len(r)] = r
+    raw, normed = _ort_session(onnx_path).run(["prompt_features", "text_features"], {"input_ids": ids})
+    rows, start = [], 0
+    for ps in class_prompts:
+        m = raw[start: start + len(ps)].astype(np.float64).mean(axis=0)
+        rows.append(m / np.linalg.norm(m))
+        start += len(ps)
+    got = np.stack(rows)
+    with torch.no_grad():
+        ref = text().double().numpy()
+        ref_prompts = text.encode(text.input_ids, text.eot_index).double().numpy()
+    max_abs = float(np.abs(got - ref).max())
+    prompt_abs = float(np.abs(raw - ref_prompts).max())
+    norm_abs = float(np.abs(normed - ref_prompts / np.linalg.norm(ref_prompts, axis=-1, keepdims=True)).max())
+    return {"prompts": len(flat), "classes": len(class_prompts), "max_abs": max_abs,
+            "prompt_features_max_abs": prompt_abs, "text_features_max_abs": norm_abs,
+            "token_mismatches": mismatched[:5], "tolerance": TEXT_TOLERANCE,
+            "passed": bool(not mismatched and max(max_abs, norm_abs) <= TEXT_TOLERANCE)}
+
+
+def head_open_parity(head_onnx: Path, head_open_onnx: Path, class_features: np.ndarray, width: int,
+                     cases: tuple[tuple[int, int], ...] = HEAD_CASES, seed: int = 1) -> dict[str, Any]:
+    """head_open.onnx fed the bundle's own class features (from text.onnx) against head.onnx, both on ORT."""
+    baked, open_ = _ort_session(head_onnx), _ort_session(head_open_onnx)
+    rng = np.random.default_rng(seed)
+    rows = []
+    text = np.ascontiguousarray(class_features, dtype=np.float32)
+    for b, t in cases:
+        feats = rng.standard_normal((b, t, width), dtype=np.float32)
+        lengths = np.resize(np.array([t, max(1, t // 2), 1, max(1, t - 3)], dtype=np.int64), b)
+        ref_s, ref_p = baked.run(["scores", "class_probs"], {"features": feats, "lengths": lengths})
+        got_s, got_p = open_.run(["scores", "class_probs"],
+                                 {"features": feats, "lengths": lengths, "text_features": text})
+        rows.append({"batch": b, "window": t, "scores_max_abs": float(np.abs(got_s - ref_s).max()),
+                     "class_probs_max_abs": float(np.abs(got_p - ref_p).max())})
+    worst = max(max(r["scores_max_abs"], r["class_probs_max_abs"]) for r in rows)
+    return {"cases": rows, "max_abs": worst, "tolerance": HEAD_OPEN_TOLERANCE,
+            "passed": bool(worst <= HEAD_OPEN_TOLERANCE)}
+
+
+def onnx_class_features(text_onnx: Path, tokenizer_json: Path, class_prompts: list[list[str]], eos_id: int,
+                        pad_id: int) -> np.ndarray:
+    """[C, D] the bundle's class features as the deployed path computes them (tokenizers + text.onnx)."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_json))
+    flat = [_tokens_until_eos(tok.encode(p).ids, eos_id) for ps in class_prompts for p in ps]
+    ids = np.full((len(flat), max(len(r) for r in flat)), pad_id, dtype=np.int64)
+    for i, r in enumerate(flat):
+        ids[i, : len(r)] = r
+    (raw,) = _ort_session(text_onnx).run(["prompt_features"], {"input_ids": ids})
+    rows, start = [], 0
+    for ps in class_prompts:
+        m = raw[start: start + len(ps)].astype(np.float64).mean(axis=0)
+        rows.append(m / np.linalg.norm(m))
+        start += len(ps)
+    return np.stack(rows).astype(np.float32)

@@ -42,6 +42,7 @@ def build_tiny_bundle(out_dir: str | os.PathLike[str], checkpoint: str | os.Path
         model = build_model(DSANetConfig(text_width=text_width_of(clip)), clip)
         opts.source = {"preset": "ucf"}
     opts.name = f"tiny-{Path(out_dir).name}"
-    write_bundle(model.eval().inference_head(), load_vision_model(clip), out_dir, Preprocessing.from_clip_dir(clip),
-                 opts, force=force)
+    model = model.eval()
+    write_bundle(model.inference_head(), load_vision_model(clip), out_dir, Preprocessing.from_clip_dir(clip),
+                 opts, force=force, text=model.text, clip_dir=clip)
     return Path(out_dir)

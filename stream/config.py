@@ -182,6 +182,33 @@ class CameraConfig(_Model):
         return v
 
 
+if TYPE_CHECKING:
+    from engine.categories import CategoryEdit
+
+
+class CategoryAddConfig(_Model):
+    """One category added in words (``model.categories.add``)."""
+
+    name: str = Field(min_length=1, description="Category name shown in events; also its category_key.")
+    prompts: list[Annotated[str, Field(min_length=1)]] = Field(
+        min_length=1, description="One or more descriptions, averaged as a CLIP prompt ensemble.")
+
+
+class CategoriesConfig(_Model):
+    """Changes to the bundle's class list, applied at start without retraining (docs/categories.md)."""
+
+    add: list[CategoryAddConfig] = Field(default_factory=list, description="Categories to add, in words.")
+    rename: dict[str, Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=dict, description="Old name -> new display name; category_key stays the bundle's name.")
+    drop: list[str] = Field(default_factory=list, description="Categories to remove (never the normal class).")
+
+    def to_edit(self, where: str = "model.categories") -> CategoryEdit:
+        from engine.categories import AddedCategory, CategoryEdit
+
+        return CategoryEdit(add=tuple(AddedCategory(a.name.strip(), tuple(a.prompts)) for a in self.add),
+                            rename=dict(self.rename), drop=tuple(self.drop), where=where)
+
+
 class ModelConfig(_Model):
     """The model bundle and the runtime it runs on."""
 
@@ -197,6 +224,8 @@ class ModelConfig(_Model):
     head_batch: int = Field(16, ge=1, le=256, description="Maximum windows the head scores in one batch.")
     head_max_wait: float = Field(0.02, ge=0, description="Seconds the head waits to fill a batch.")
     queue_size: int = Field(64, ge=1, description="Bound of each work queue; when full the oldest item is dropped and counted.")
+    categories: CategoriesConfig | None = Field(
+        None, description="Add, rename or drop categories in words (needs a bundle with text.onnx).")
 
     @field_validator("device")
     @classmethod

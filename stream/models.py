@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import numpy as np
 
 if TYPE_CHECKING:
+    from engine.categories import CategoryEdit, CategorySet, OpenHeadModel, TextEncoder
     from stream.config import ModelConfig
 
 
@@ -67,6 +68,14 @@ class Models:
     runtime: str = "unknown"
     encoder_max_batch: int = 64
     head_max_batch: int = 64
+    threads: int | None = None
+    # Categories edited at deployment (engine.categories): ``open_head`` scores against edited class
+    # features; ``renamed`` is a names-only edit on the baked head; ``scored_with`` is the class list of
+    # the batch the head thread scored last (written and read on that thread only).
+    open_head: OpenHeadModel | None = None
+    renamed: CategorySet | None = None
+    scored_with: CategorySet | None = None
+    _text: TextEncoder | None = None
 
     @classmethod
     def load(cls, model_cfg: ModelConfig) -> Models:
@@ -77,8 +86,65 @@ class Models:
         desc = head.describe() if hasattr(head, "describe") else {}
         runtime = str(desc.get("runtime") or desc.get("name") or model_cfg.runtime) if isinstance(desc, dict) \
             else model_cfg.runtime
-        return cls(bundle=bundle, encoder=encoder, head=head, preprocess=bundle.preprocessing, runtime=runtime,
-                   encoder_max_batch=encoder.max_batch, head_max_batch=head.max_batch)
+        models = cls(bundle=bundle, encoder=encoder, head=head, preprocess=bundle.preprocessing, runtime=runtime,
+                     encoder_max_batch=encoder.max_batch, head_max_batch=head.max_batch, threads=model_cfg.threads)
+        if model_cfg.categories is not None:
+            models.set_categories(model_cfg.categories.to_edit())
+        return models
+
+    # --- categories --------------------------------------------------------------------------------
+    def set_categories(self, edit: CategoryEdit) -> CategorySet:
+        """Apply a category edit to the bundle's class list; safe while the head thread scores.
+
+        Adding or dropping classes (or any edit once one did) scores with ``head_open.onnx`` on ONNX
+        Runtime CPU against the edited class features; a rename alone keeps the baked head. The head
+        thread picks the new list up at its next batch (one reference assignment each).
+        """
+        from engine.bundle import Bundle
+        from engine.categories import CategoryError, OpenHeadModel, TextEncoder, resolve, with_features
+
+        if not isinstance(self.bundle, Bundle):
+            raise CategoryError("categories can only be edited on models loaded from a bundle")
+        cats = resolve(self.bundle, edit)
+        if not (edit.add or edit.drop) and self.open_head is None:
+            self.renamed = cats
+            return cats
+        if self._text is None:
+            self._text = TextEncoder(self.bundle, threads=self.threads)
+        cats = with_features(cats, self._text)
+        if self.open_head is None:
+            head = OpenHeadModel(self.bundle, cats, threads=self.threads)
+            self.head_max_batch = min(self.head_max_batch, head.max_batch)
+            self.open_head = head
+        else:
+            self.open_head.set_categories(cats)
+        self.renamed = None
+        return cats
+
+    def current_classes(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(keys, display names) of the class list now in effect (the next batch's)."""
+        oh = self.open_head
+        cats = oh.categories if oh is not None else self.renamed
+        if cats is not None:
+            return cats.keys, cats.names
+        return tuple(self.bundle.class_names), tuple(self.bundle.display_names or self.bundle.class_names)
+
+    def score(self, features: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Head thread: score one batch and remember which class list its columns belong to."""
+        oh = self.open_head
+        if oh is None:
+            self.scored_with = self.renamed
+            return self.head.score(features, lengths)
+        out = oh.score(features, lengths)
+        self.scored_with = oh.last_used
+        return out
+
+    def scored_classes(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Head thread: (keys, display names) of the columns of the batch scored last."""
+        cats = self.scored_with
+        if cats is not None:
+            return cats.keys, cats.names
+        return tuple(self.bundle.class_names), tuple(self.bundle.display_names or self.bundle.class_names)
 
     def category(self, probs: Sequence[float]) -> tuple[str | None, float | None]:
         """(display name, probability) of the most likely anomaly class; column 0 (normal) excluded."""
@@ -86,5 +152,5 @@ class Models:
             return None, None
         arr = np.asarray(probs[1:])
         i = int(np.argmax(arr)) + 1
-        names = self.bundle.display_names or self.bundle.class_names
+        names = self.scored_classes()[1]
         return str(names[i]), float(arr[i - 1])

@@ -75,6 +75,7 @@ from stream.types import CameraSnapshot, ScoreRecord, Snippet, SnippetEmbedding,
 from stream.window import EmbeddingWindow
 
 if TYPE_CHECKING:
+    from engine.categories import CategoryEdit, CategorySet
     from stream.evidence import EvidenceManager
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ class Service:
                                      self._on_embeddings, max_batch=max(1, min(m.encoder_batch,
                                                                                self.models.encoder_max_batch)),
                                      max_wait=m.encoder_max_wait, metrics=self.metrics)
-        self.head = HeadWorker(self.head_queue, self.models.head.score, self._on_scores,
+        self.head = HeadWorker(self.head_queue, self.models.score, self._on_scores,
                                max_batch=max(1, min(m.head_batch, self.models.head_max_batch)),
                                max_wait=m.head_max_wait, metrics=self.metrics)
         self.model_info = {"name": b.name, "hash": _short_hash(b)}
@@ -177,8 +178,8 @@ class Service:
                                             ring_seconds=self._ring_seconds(ecfg, wcfg.lookahead))
         reader = CameraReader(make_reader_settings(cam, self.cfg.ingest), cutter, self.metrics, packets=ring)
         b = self.models.bundle
-        machine = EventMachine(cam.name, ecfg, list(b.class_names), list(b.display_names or b.class_names),
-                               model_info=self.model_info)
+        keys, names = self.models.current_classes()
+        machine = EventMachine(cam.name, ecfg, list(keys), list(names), model_info=self.model_info)
         pipeline = CameraPipeline(cam, ecfg, reader, cutter, window, machine)
         pipeline.enabled = enabled
         if enabled:
@@ -220,10 +221,14 @@ class Service:
     def _on_scores(self, scores: Sequence[WindowScore]) -> None:
         """Head worker: metrics, score feeds, evidence (peak frame), the camera's machine, then events."""
         now = time.time()
+        keys, names = self.models.scored_classes()
         for ws in scores:
             cam = self.cameras.get(ws.camera)
             if cam is None or not cam.enabled:
                 continue
+            if cam.machine.class_names != list(keys):  # categories changed: between two batches
+                with cam.lock:
+                    cam.machine.set_classes(keys, names)
             lag = now - ws.newest_end_time
             self.metrics.scored(ws.camera, ws.score, lag)
             category, category_score = self.models.category(ws.class_probs)
@@ -301,6 +306,18 @@ class Service:
         new = cam.set_thresholds(on_threshold, off_threshold)
         if self.evidence is not None:
             self.evidence.set_threshold(name, new.on_threshold)
+
+    def set_categories(self, edit: CategoryEdit) -> CategorySet:
+        """Change the class list at runtime (add/rename/drop in words) without restarting cameras.
+
+        The edit applies to the bundle's own list (as ``model.categories`` does at start), not to the
+        previous edit. The head thread scores its next batch against the new class features and moves
+        every camera's event machine to the new list before feeding it (``EventMachine.set_classes``).
+        Raises ``CategoryError`` naming the problem; the running list is then unchanged.
+        """
+        cats = self.models.set_categories(edit)
+        log.info("categories now: %s", ", ".join(cats.names))
+        return cats
 
     def add_listener(self, listener: Listener) -> Callable[[], None]:
         return self.listeners.add(listener)

@@ -56,3 +56,28 @@ class DSANetHead(nn.Module):
         logits = logits[:, :t]
         align = align[:, :t]
         return torch.sigmoid(logits), hierarchical_probs(logits, align, self.tau)
+
+
+class DSANetOpenHead(DSANetHead):
+    """``DSANetHead`` with the class text features as a third input: what ``head_open.onnx`` holds.
+
+    ``forward(features [B,T,D], lengths [B], text_features [C,D]) -> (scores [B,T], class_probs [B,T,C])``
+    with C dynamic (>= 2, column 0 = normal), so the class list can change at deployment without
+    re-export. Given the baked-in buffer it computes exactly what ``DSANetHead`` computes.
+    """
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor,  # type: ignore[override]
+                text_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = features.shape[1]
+        if t > self.visual_length:
+            raise InputError(f"window of {t} snippets exceeds the head's maximum of {self.visual_length}")
+        x = F.pad(features.float(), (0, 0, 0, self.visual_length - t))
+        lengths = torch.clamp(lengths.long(), min=1, max=t)
+        bb = self.backbone
+        feats = bb.encode_video(x, lengths)
+        logits = bb.classify(feats)
+        valid = valid_mask(lengths, self.visual_length) if self.mask_padding else None
+        align = bb.align(feats, logits, text_features.float(), valid)
+        logits = logits[:, :t]
+        align = align[:, :t]
+        return torch.sigmoid(logits), hierarchical_probs(logits, align, self.tau)

@@ -112,3 +112,42 @@ class AdaptedCLIPText(nn.Module):
         """Class text features T_txt [C, out_dim], unit norm."""
         feats = self.class_average @ self.encode(self.input_ids, self.eot_index)
         return feats / feats.norm(dim=-1, keepdim=True)
+
+
+class PromptFeatureGraph(nn.Module):
+    """The adapted text tower as a graph over token ids: what ``text.onnx`` holds.
+
+    ``forward(input_ids [N, L] int64) -> (prompt_features [N, out_dim], text_features [N, out_dim])``:
+    ``prompt_features`` is ``AdaptedCLIPText.encode`` (adapters, norm rescale, omega mixing, SimpleProj)
+    before any averaging; ``text_features`` is the same row L2-normalised, i.e. the class feature of a
+    class described by that one prompt. The end-of-text position is the first ``eos_id`` of each row
+    and the causal mask is built from L, so any padding length (and any N) runs the same graph; the
+    averaging over a class's prompts is left to the caller (``engine.categories``), which keeps the
+    model's own rule for the bundle's classes.
+    """
+
+    def __init__(self, text: AdaptedCLIPText, eos_id: int) -> None:
+        super().__init__()
+        self.text = text
+        self.eos_id = int(eos_id)
+
+    def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = input_ids.shape[1]
+        pos = torch.arange(n, device=input_ids.device)
+        causal = torch.where(pos[None, :] > pos[:, None], torch.finfo(torch.float32).min, 0.0)[None, None]
+        text = self.text
+        tm = _text_transformer(text.clip)
+        x = tm.embeddings(input_ids=input_ids)
+        w = text.adapter_weight
+        for i, layer in enumerate(tm.encoder.layers):
+            out = layer(x, None, causal) if text._legacy_layers else layer(x, causal)
+            x = out[0] if isinstance(out, tuple) else out
+            if i < text.adapt_until:
+                a = text.adapters[i](x)
+                a = a * x.norm(dim=-1, keepdim=True) / (a.norm(dim=-1, keepdim=True) + 1e-6)
+                x = w * a + (1.0 - w) * x
+        x = tm.final_layer_norm(x)
+        eot = (input_ids == self.eos_id).to(torch.int32).argmax(dim=1)
+        x = x[torch.arange(x.shape[0], device=x.device), eot]
+        raw = text.proj(x)
+        return raw, raw / raw.norm(dim=-1, keepdim=True)

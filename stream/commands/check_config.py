@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from stream.config import DeploymentConfig
 
 
 def _handle(args: argparse.Namespace) -> int:
@@ -10,9 +14,30 @@ def _handle(args: argparse.Namespace) -> int:
     from stream.config import load_config, summary
 
     cfg = load_config(args.file)
+    lines = category_lines(cfg)  # an edit that cannot apply to the bundle is an error before "OK"
     print(f"{args.file}: OK")
     print(summary(cfg))
+    print("\n".join(lines))
     return 0
+
+
+def category_lines(cfg: DeploymentConfig) -> list[str]:
+    """The deployment's class list (bundle classes after ``model.categories``), when the bundle is readable."""
+    from engine.bundle import load_bundle
+    from engine.categories import CategoryEdit, resolve
+    from engine.errors import BundleError
+
+    try:
+        bundle = load_bundle(cfg.model.bundle, verify_hashes=False, inspect_graphs=False)
+    except BundleError as exc:
+        return [f"categories: not shown (bundle not readable here: {exc})"]
+    edit = cfg.model.categories.to_edit() if cfg.model.categories else CategoryEdit()
+    cats = resolve(bundle, edit)  # CategoryError (exit 2) names the config key
+    lines = [f"categories ({len(cats)}){' [edited]' if not edit.empty else ''}:"]
+    for i, (key, name, added) in enumerate(zip(cats.keys, cats.names, cats.added, strict=True)):
+        note = " (added)" if added else (f" (key {key})" if key != name else "")
+        lines.append(f"  {i}: {name}{note}")
+    return lines
 
 
 def register(subparsers) -> None:  # noqa: ANN001

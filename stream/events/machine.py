@@ -143,6 +143,36 @@ class EventMachine:
         self._last_index: int | None = None
         self._cooldown_until: dict[int, float] = {}
 
+    def set_classes(self, class_names: Sequence[str], display_names: Sequence[str]) -> None:
+        """Switch to another class list (categories edited at runtime), between two scores.
+
+        Classes are matched by key (``class_names``): running sums and cooldowns of a kept class carry
+        over, an added class starts from zero, a dropped one is forgotten. An open event keeps its id;
+        if its category was dropped or renamed, its next update carries the new one.
+        """
+        if len(class_names) < 2 or len(display_names) != len(class_names):
+            raise EventError(f"camera {self.camera!r}: need the normal class plus at least one anomaly class "
+                             f"and one display name each, got {list(class_names)} / {list(display_names)}")
+        old = {k: i for i, k in enumerate(self.class_names)}
+        where = [old.get(k) for k in class_names]
+        new_index = {i: j for j, i in enumerate(where) if i is not None}
+        for acc in (self._pending, self._event, self._tail):
+            if acc is not None:
+                acc.sums = [acc.sums[i] if i is not None else 0.0 for i in where]
+        renamed = {k for k, d in zip(class_names, display_names, strict=True)
+                   if k in old and self.display_names[old[k]] != d}
+        self._cooldown_until = {new_index[i]: t for i, t in self._cooldown_until.items() if i in new_index}
+        cat_key = self.class_names[self._emitted_category] if self._emitted_category >= 0 else None
+        self._category = new_index.get(self._category, 0)
+        self._emitted_category = new_index.get(self._emitted_category, -1)
+        if self._event is not None:
+            self._category, _ = self._event.best()
+            if cat_key is None or cat_key in renamed or self._emitted_category < 0:
+                self._emitted_category = -1  # the next update names the category anew
+                self._dirty = True
+        self.class_names = list(class_names)
+        self.display_names = [str(d) for d in display_names]
+
     @property
     def open_event_id(self) -> str | None:
         return self._id if self.state == self.ACTIVE else None

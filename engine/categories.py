@@ -1,0 +1,283 @@
+"""Categories chosen at deployment: a class-list edit resolved into names, stable keys and text features.
+
+DSANet classifies by comparing snippets with class text features, so the class list is words, not
+weights. A bundle that carries ``text.onnx`` (the adapted text tower) and ``tokenizer/tokenizer.json``
+turns words into those features here, on ONNX Runtime with the ``tokenizers`` package (no torch), and
+``head_open.onnx`` takes them as an input. Rules of an edit (``CategoryEdit``):
+
+- the bundle's classes keep their ``category_key`` (the bundle's class name) whatever they are renamed
+  to, so automations keyed on it keep working; an added class's key is the name it was given;
+- the first class (Normal) is always first and can be renamed but not dropped;
+- a bundle class's features are computed as the model computes them (mean of its prompts' raw
+  features, then L2-normalised), so an unedited class list reproduces the baked-in head; an added
+  class with several prompts is a CLIP prompt ensemble: the mean of the L2-normalised per-prompt
+  features, renormalised;
+- a rename or drop naming no class is an error naming the key (``model.categories.rename`` ...).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.bundle import Bundle
+from engine.errors import DsanetError, InputError
+
+# Above this cosine two classes' text features are called near-duplicates (see docs/categories.md).
+NEAR_DUPLICATE_COSINE = 0.9
+
+
+class CategoryError(DsanetError):
+    """A category edit that cannot be applied to this bundle (unknown name, duplicate, no text tower)."""
+
+
+@dataclass(frozen=True)
+class AddedCategory:
+    name: str
+    prompts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CategoryEdit:
+    """What a deployment changes in the bundle's class list (``model.categories`` in the config)."""
+
+    add: tuple[AddedCategory, ...] = ()
+    rename: Mapping[str, str] = field(default_factory=dict)
+    drop: tuple[str, ...] = ()
+    where: str = "model.categories"  # the config key errors name
+
+    @property
+    def empty(self) -> bool:
+        return not (self.add or self.rename or self.drop)
+
+
+@dataclass(frozen=True)
+class CategorySet:
+    """A resolved class list: column c of ``class_probs`` is ``keys[c]`` shown as ``names[c]``.
+
+    ``features`` [C, D] float32 unit rows (None when the list is the bundle's own and no text tower ran);
+    ``added`` marks the classes the edit added."""
+
+    keys: tuple[str, ...]
+    names: tuple[str, ...]
+    prompts: tuple[tuple[str, ...], ...]
+    added: tuple[bool, ...]
+    features: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def _norm(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def parse_add(spec: str) -> AddedCategory:
+    """``"Name: prompt; prompt"`` (the ``dsanet categories --add`` form) -> ``AddedCategory``."""
+    name, sep, rest = spec.partition(":")
+    prompts = tuple(p.strip() for p in rest.split(";") if p.strip())
+    if not sep or not name.strip() or not prompts:
+        raise InputError(f"--add {spec!r}: expected 'Name: prompt; prompt' (a name, a colon, one or more prompts)")
+    return AddedCategory(name.strip(), prompts)
+
+
+def bundle_prompts(bundle: Bundle) -> tuple[tuple[str, ...], ...]:
+    """The prompts each bundle class was trained with (from ``bundle.json``'s text section)."""
+    if bundle.text is None:
+        raise CategoryError(f"bundle {bundle.name} has no text tower (text.onnx): re-export it with this "
+                            "dsanet-stream to change its categories")
+    return tuple(tuple(p) for p in bundle.text.class_prompts)
+
+
+def resolve(bundle: Bundle, edit: CategoryEdit) -> CategorySet:
+    """Apply ``edit`` to the bundle's class list (names and keys only; ``with_features`` adds features)."""
+    if (edit.add or edit.drop) and (bundle.text is None or bundle.head_open is None):
+        raise CategoryError(f"{edit.where}: bundle {bundle.name} has no text tower (text.onnx, head_open.onnx), so "
+                            "categories can only be renamed; re-export it with this dsanet-stream to add or drop")
+    keys = list(bundle.class_names)
+    names = list(bundle.display_names or bundle.class_names)
+    prompts: list[tuple[str, ...]] = list(bundle_prompts(bundle)) if bundle.text is not None else [()] * len(keys)
+    where = edit.where
+
+    def find(label: str, key: str) -> int:
+        for i, (k, n) in enumerate(zip(keys, names, strict=True)):
+            if label in (k, n):
+                return i
+        raise CategoryError(f"{where}.{key}: no category named {label!r} (categories: {', '.join(names)})")
+
+    for old, new in edit.rename.items():
+        i = find(old, "rename")
+        if not str(new).strip():
+            raise CategoryError(f"{where}.rename.{old}: the new name is empty")
+        names[i] = str(new).strip()
+    for label in edit.drop:
+        i = find(label, "drop")
+        if i == 0:
+            raise CategoryError(f"{where}.drop: {label!r} is the normal class, which is always the first category")
+        del keys[i], names[i], prompts[i]
+    added = [False] * len(keys)
+    for a in edit.add:
+        if not a.prompts or not all(p.strip() for p in a.prompts):
+            raise CategoryError(f"{where}.add.{a.name}: needs at least one non-empty prompt")
+        lowered = {s.lower() for s in keys + names}
+        if a.name.lower() in lowered:
+            raise CategoryError(f"{where}.add: {a.name!r} already names a category")
+        keys.append(a.name)
+        names.append(a.name)
+        prompts.append(tuple(a.prompts))
+        added.append(True)
+    if len(keys) < 2:
+        raise CategoryError(f"{where}: at least one anomaly category must remain besides {names[0]!r}")
+    if len({n.lower() for n in names}) != len(names):
+        raise CategoryError(f"{where}: two categories would share a name: {', '.join(names)}")
+    return CategorySet(tuple(keys), tuple(names), tuple(prompts), tuple(added))
+
+
+class TextEncoder:
+    """Words -> class text features with the bundle's ``text.onnx`` and tokenizer (ONNX Runtime, no torch)."""
+
+    def __init__(self, bundle: Bundle, threads: int | None = None) -> None:
+        spec = bundle.text
+        if spec is None:
+            raise CategoryError(f"bundle {bundle.name} has no text tower (text.onnx): re-export it with this "
+                                "dsanet-stream to change its categories")
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        self.spec = spec
+        try:
+            self.tokenizer = Tokenizer.from_file(str(bundle.path(spec.tokenizer)))
+        except Exception as exc:  # the Rust tokenizer raises its own exception type
+            raise CategoryError(f"{bundle.path(spec.tokenizer)}: cannot load the tokenizer ({exc})") from exc
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(bundle.path(spec.file)), sess_options=opts,
+                                            providers=["CPUExecutionProvider"])
+
+    def token_ids(self, texts: Sequence[str]) -> np.ndarray:
+        """[N, L] int64: CLIP tokens (start, words, end) padded with the pad id to the longest text."""
+        s = self.spec
+        rows = []
+        for t in texts:
+            ids = self.tokenizer.encode(t).ids
+            if len(ids) > s.max_tokens:  # truncate as CLIP does: keep the end-of-text token last
+                ids = ids[: s.max_tokens - 1] + [s.eos_id]
+            rows.append(ids)
+        n = max(len(r) for r in rows)
+        out = np.full((len(rows), max(n, 2)), s.pad_id, dtype=np.int64)
+        for i, r in enumerate(rows):
+            out[i, : len(r)] = r
+        return out
+
+    def prompt_features(self, texts: Sequence[str]) -> np.ndarray:
+        """[N, D] raw (not normalised) adapted features, one per text."""
+        ids = self.token_ids(texts)
+        s = self.spec
+        (raw,) = self.session.run([s.prompt_output], {s.input: ids})
+        return np.asarray(raw, dtype=np.float32)
+
+    def class_features(self, prompts: Sequence[Sequence[str]], added: Sequence[bool]) -> np.ndarray:
+        """[C, D] unit class features: the model's rule for bundle classes, a prompt ensemble for added ones."""
+        flat = [p for ps in prompts for p in ps]
+        raw = self.prompt_features(flat).astype(np.float64)
+        rows, start = [], 0
+        for ps, is_added in zip(prompts, added, strict=True):
+            block = raw[start: start + len(ps)]
+            start += len(ps)
+            rows.append(_norm(_norm(block).mean(axis=0)) if is_added else _norm(block.mean(axis=0)))
+        return np.stack(rows).astype(np.float32)
+
+
+def with_features(categories: CategorySet, encoder: TextEncoder) -> CategorySet:
+    feats = encoder.class_features(categories.prompts, categories.added)
+    return CategorySet(categories.keys, categories.names, categories.prompts, categories.added, feats)
+
+
+def build(bundle: Bundle, edit: CategoryEdit, encoder: TextEncoder | None = None) -> CategorySet:
+    """``resolve`` + features: the class list a head built from ``head_open.onnx`` scores against."""
+    cats = resolve(bundle, edit)
+    return with_features(cats, encoder or TextEncoder(bundle))
+
+
+def similarities(categories: CategorySet) -> list[tuple[str, str, float]]:
+    """(added class, other class, cosine) for every added class against every other class, highest first."""
+    if categories.features is None:
+        raise CategoryError("similarities need class features (use categories.build)")
+    f = categories.features.astype(np.float64)
+    out = []
+    for i, is_added in enumerate(categories.added):
+        if not is_added:
+            continue
+        for j in range(1, len(categories)):
+            if j != i and not (categories.added[j] and j < i):
+                out.append((categories.names[i], categories.names[j], float(f[i] @ f[j])))
+    return sorted(out, key=lambda r: -r[2])
+
+
+class OpenHeadModel:
+    """``head_open.onnx`` on ONNX Runtime with a swappable class list (``HeadModel.score`` interface).
+
+    ``set_categories`` replaces the class list atomically (one reference assignment); ``score`` reads
+    it once per call, so a batch is scored against one list, and ``last_used`` (written by the scoring
+    thread) tells that thread which list the probabilities it got belong to.
+    """
+
+    def __init__(self, bundle: Bundle, categories: CategorySet, threads: int | None = None) -> None:
+        spec = bundle.head_open
+        if spec is None:
+            raise CategoryError(f"bundle {bundle.name} has no open-vocabulary head (head_open.onnx): re-export it "
+                                "with this dsanet-stream to change its categories")
+        import onnxruntime as ort
+
+        self.bundle = bundle
+        self.spec = spec
+        self.width = bundle.embedding_width
+        self.max_window = bundle.max_window
+        self.max_batch = spec.max_batch
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(bundle.path(spec.file)), sess_options=opts,
+                                            providers=["CPUExecutionProvider"])
+        self._lock = threading.Lock()
+        self._categories = self._checked(categories)
+        self.last_used: CategorySet = self._categories
+
+    def _checked(self, categories: CategorySet) -> CategorySet:
+        f = categories.features
+        if f is None or f.ndim != 2 or f.shape[1] != self.width or f.shape[0] != len(categories) or len(categories) < 2:
+            raise CategoryError(f"class features must be [C>=2, {self.width}] for {len(categories)} categories")
+        return categories
+
+    @property
+    def categories(self) -> CategorySet:
+        return self._categories
+
+    def set_categories(self, categories: CategorySet) -> None:
+        checked = self._checked(categories)
+        with self._lock:
+            self._categories = checked
+
+    def score(self, features: np.ndarray, lengths: np.ndarray | list[int]) -> tuple[np.ndarray, np.ndarray]:
+        cats = self._categories  # one read: the whole batch uses one class list
+        s = self.spec
+        feats = np.ascontiguousarray(features, dtype=np.float32)
+        lens = np.asarray(lengths, dtype=np.int64)
+        if feats.ndim != 3 or feats.shape[2] != self.width:
+            raise InputError(f"head features must be [B,T,{self.width}], got shape {list(feats.shape)}")
+        scores, probs = self.session.run([s.scores, s.class_probs],
+                                         {s.features: feats, s.lengths: lens, s.text_features: cats.features})
+        self.last_used = cats
+        return np.asarray(scores, dtype=np.float32), np.asarray(probs, dtype=np.float32)
+
+    def describe(self) -> dict[str, Any]:
+        return {"runtime": "onnxruntime", "model": "head_open", "file": Path(self.spec.file).name,
+                "classes": len(self._categories)}
