@@ -49,7 +49,11 @@ class CategoryEdit:
     add: tuple[AddedCategory, ...] = ()
     rename: Mapping[str, str] = field(default_factory=dict)
     drop: tuple[str, ...] = ()
-    where: str = "model.categories"  # the config key errors name
+    where: str = "model.categories"  # the config key errors name ("" for command-line flags)
+
+    def key(self, part: str) -> str:
+        """How an error names ``part`` (add, rename, drop): the config key, or the flag."""
+        return f"{self.where}.{part}" if self.where else f"--{part}"
 
     @property
     def empty(self) -> bool:
@@ -97,44 +101,43 @@ def bundle_prompts(bundle: Bundle) -> tuple[tuple[str, ...], ...]:
 def resolve(bundle: Bundle, edit: CategoryEdit) -> CategorySet:
     """Apply ``edit`` to the bundle's class list (names and keys only; ``with_features`` adds features)."""
     if (edit.add or edit.drop) and (bundle.text is None or bundle.head_open is None):
-        raise CategoryError(f"{edit.where}: bundle {bundle.name} has no text tower (text.onnx, head_open.onnx), so "
+        raise CategoryError(f"{edit.where or 'categories'}: bundle {bundle.name} has no text tower (text.onnx, head_open.onnx), so "
                             "categories can only be renamed; re-export it with this dsanet-stream to add or drop")
     keys = list(bundle.class_names)
     names = list(bundle.display_names or bundle.class_names)
     prompts: list[tuple[str, ...]] = list(bundle_prompts(bundle)) if bundle.text is not None else [()] * len(keys)
-    where = edit.where
 
     def find(label: str, key: str) -> int:
         for i, (k, n) in enumerate(zip(keys, names, strict=True)):
             if label in (k, n):
                 return i
-        raise CategoryError(f"{where}.{key}: no category named {label!r} (categories: {', '.join(names)})")
+        raise CategoryError(f"{edit.key(key)}: no category named {label!r} (categories: {', '.join(names)})")
 
     for old, new in edit.rename.items():
         i = find(old, "rename")
         if not str(new).strip():
-            raise CategoryError(f"{where}.rename.{old}: the new name is empty")
+            raise CategoryError(f"{edit.key('rename')}: the new name for {old!r} is empty")
         names[i] = str(new).strip()
     for label in edit.drop:
         i = find(label, "drop")
         if i == 0:
-            raise CategoryError(f"{where}.drop: {label!r} is the normal class, which is always the first category")
+            raise CategoryError(f"{edit.key('drop')}: {label!r} is the normal class, which is always the first category")
         del keys[i], names[i], prompts[i]
     added = [False] * len(keys)
     for a in edit.add:
         if not a.prompts or not all(p.strip() for p in a.prompts):
-            raise CategoryError(f"{where}.add.{a.name}: needs at least one non-empty prompt")
+            raise CategoryError(f"{edit.key('add')}: {a.name!r} needs at least one non-empty prompt")
         lowered = {s.lower() for s in keys + names}
         if a.name.lower() in lowered:
-            raise CategoryError(f"{where}.add: {a.name!r} already names a category")
+            raise CategoryError(f"{edit.key('add')}: {a.name!r} already names a category")
         keys.append(a.name)
         names.append(a.name)
         prompts.append(tuple(a.prompts))
         added.append(True)
     if len(keys) < 2:
-        raise CategoryError(f"{where}: at least one anomaly category must remain besides {names[0]!r}")
+        raise CategoryError(f"{edit.where or 'categories'}: at least one anomaly category must remain besides {names[0]!r}")
     if len({n.lower() for n in names}) != len(names):
-        raise CategoryError(f"{where}: two categories would share a name: {', '.join(names)}")
+        raise CategoryError(f"{edit.where or 'categories'}: two categories would share a name: {', '.join(names)}")
     return CategorySet(tuple(keys), tuple(names), tuple(prompts), tuple(added))
 
 
@@ -207,7 +210,8 @@ def build(bundle: Bundle, edit: CategoryEdit, encoder: TextEncoder | None = None
 
 
 def similarities(categories: CategorySet) -> list[tuple[str, str, float]]:
-    """(added class, other class, cosine) for every added class against every other class, highest first."""
+    """(added class, other class, cosine) for every added class against every other anomaly class
+    (Normal excluded: the anomaly classes share the mass Normal leaves), highest first."""
     if categories.features is None:
         raise CategoryError("similarities need class features (use categories.build)")
     f = categories.features.astype(np.float64)

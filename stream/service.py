@@ -177,7 +177,6 @@ class Service:
             ring = self.evidence.add_camera(cam.name, ecfg.on_threshold,
                                             ring_seconds=self._ring_seconds(ecfg, wcfg.lookahead))
         reader = CameraReader(make_reader_settings(cam, self.cfg.ingest), cutter, self.metrics, packets=ring)
-        b = self.models.bundle
         keys, names = self.models.current_classes()
         machine = EventMachine(cam.name, ecfg, list(keys), list(names), model_info=self.model_info)
         pipeline = CameraPipeline(cam, ecfg, reader, cutter, window, machine)

@@ -23,7 +23,7 @@ def _handle(args: argparse.Namespace) -> int:
             raise InputError(f"--rename {spec!r}: expected Old=New")
         rename[old.strip()] = new.strip()
     edit = CategoryEdit(add=tuple(parse_add(a) for a in args.add), rename=rename,
-                        drop=tuple(d.strip() for d in args.drop), where="--add/--rename/--drop")
+                        drop=tuple(d.strip() for d in args.drop), where="")
     bundle = load_bundle(args.bundle)
     cats = build(bundle, edit)
     print(f"bundle {bundle.name}: {len(cats)} categories" + (" [TINY RANDOM CLIP: similarities mean nothing]"
@@ -34,11 +34,19 @@ def _handle(args: argparse.Namespace) -> int:
         print(f"  {i:>2}: {name} ({note}; {len(prompts)} prompt{'s' if len(prompts) != 1 else ''})")
     rows = similarities(cats)
     if rows:
-        print(f"cosine similarity of added categories (warning at >= {NEAR_DUPLICATE_COSINE}):")
-        for new, other, cos in rows:
-            flag = "  WARNING: near-duplicate, the two will split probability mass" \
-                if cos >= NEAR_DUPLICATE_COSINE else ""
-            print(f"  {new} ~ {other}: {cos:.4f}{flag}")
+        print(f"text-feature cosine of each added category to its {args.nearest} nearest others "
+              f"(near-duplicate at >= {NEAR_DUPLICATE_COSINE}):")
+    warnings = 0
+    for new in [n for n, a in zip(cats.names, cats.added, strict=True) if a]:
+        mine = [r for r in rows if r[0] == new]
+        for i, (_, other, cos) in enumerate(mine):
+            dup = cos >= NEAR_DUPLICATE_COSINE
+            if i < args.nearest or dup:
+                print(f"  {new} ~ {other}: {cos:.4f}" + ("  WARNING: near-duplicate" if dup else ""))
+            warnings += dup
+    if warnings:
+        print(f"warning: {warnings} near-duplicate pair(s): such classes split the probability mass of the snippets "
+              "that match them; merge them (one category, several prompts) or reword")
     return 0
 
 
@@ -52,4 +60,6 @@ def register(subparsers) -> None:  # noqa: ANN001
                    help="add a category described by one or more prompts (repeatable)")
     p.add_argument("--rename", action="append", default=[], metavar="OLD=NEW", help="rename a category (repeatable)")
     p.add_argument("--drop", action="append", default=[], metavar="NAME", help="drop a category (repeatable)")
+    p.add_argument("--nearest", type=int, default=3, metavar="N",
+                   help="similarities shown per added category (near-duplicates are always shown; default 3)")
     p.set_defaults(func=_handle)
