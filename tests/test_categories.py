@@ -1,0 +1,360 @@
+"""Categories chosen at deployment (issue 17): text.onnx + head_open.onnx parity, edit resolution,
+config validation, the runtime swap on a running service, and the two commands.
+
+Everything runs on the tiny random CLIP: the figures are structural parity (the deployed path computes
+what the model computes), never a claim about how well a new category is recognised.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.bundle import load_bundle
+from engine.categories import (
+    AddedCategory,
+    CategoryEdit,
+    CategoryError,
+    OpenHeadModel,
+    TextEncoder,
+    build,
+    parse_add,
+    resolve,
+)
+from stream.config import ConfigError, parse_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _norm(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+# --- bundle contents and parity -------------------------------------------------------------------
+def test_bundle_carries_text_tower_tokenizer_and_open_head_with_parity(tiny_bundle_dir: Path) -> None:
+    b = load_bundle(tiny_bundle_dir)
+    assert b.text is not None and b.head_open is not None
+    for name in ("text.onnx", "head_open.onnx", "tokenizer/tokenizer.json"):
+        assert name in b.files and (tiny_bundle_dir / name).is_file()
+    assert len(b.text.class_prompts) == b.num_classes
+    t, o = b.parity["text"], b.parity["head_open"]
+    assert t["passed"] and t["max_abs"] <= 1e-5 and t["token_mismatches"] == []
+    assert o["passed"] and o["max_abs"] <= 1e-5 and len(o["cases"]) >= 4
+    assert "editable (text.onnx, head_open.onnx)" in b.describe()
+
+
+def test_text_onnx_reproduces_the_baked_class_features(tiny_bundle_dir: Path) -> None:
+    """Independent of the exporter's own check: the class features the deployed path computes (tokenizers +
+    text.onnx on ONNX Runtime, no torch) against the buffer baked into the torch head weights."""
+    from safetensors.numpy import load_file
+
+    b = load_bundle(tiny_bundle_dir)
+    baked = load_file(str(tiny_bundle_dir / "head.safetensors"))["text_features"]
+    got = build(b, CategoryEdit()).features
+    assert got is not None and got.shape == baked.shape
+    assert float(np.abs(got - baked).max()) <= 1e-5
+
+
+def test_head_open_matches_baked_head_for_the_bundles_own_classes(tiny_bundle_dir: Path) -> None:
+    from engine.runtime import load_models
+
+    bundle, _, head = load_models(tiny_bundle_dir, runtime="onnxruntime", threads=1)
+    open_head = OpenHeadModel(bundle, build(bundle, CategoryEdit()), threads=1)
+    rng = np.random.default_rng(7)
+    worst = 0.0
+    for b, t in ((1, 1), (3, 20), (2, bundle.max_window)):
+        feats = rng.standard_normal((b, t, bundle.embedding_width), dtype=np.float32)
+        lengths = np.resize(np.array([t, max(1, t // 3), 1], dtype=np.int64), b)
+        s0, p0 = head.score(feats, lengths)
+        s1, p1 = open_head.score(feats, lengths)
+        worst = max(worst, float(np.abs(s0 - s1).max()), float(np.abs(p0 - p1).max()))
+    assert worst <= 1e-5
+
+
+def test_text_parity_with_several_prompts_per_class(tiny_clip_dir: Path, tmp_path: Path) -> None:
+    """The model averages a class's raw prompt features then normalises; text.onnx + that rule agree."""
+    import torch
+
+    from engine.clip import load_fast_tokenizer
+    from engine.model import DSANetConfig, build_model, text_width_of
+    from engine.model.text import PromptFeatureGraph
+    from export.onnx_export import export_text_onnx
+    from export.parity import text_parity
+
+    cfg = DSANetConfig(text_width=text_width_of(tiny_clip_dir), class_names=["normal", "fall", "smoke"],
+                       class_prompts=[["normal"], ["a person falls down", "someone collapses on the floor"],
+                                      ["smoke", "thick smoke fills the room", "a fire starts"]])
+    torch.manual_seed(3)
+    text = build_model(cfg, tiny_clip_dir).eval().text
+    tok = load_fast_tokenizer(tiny_clip_dir)
+    tok.save_pretrained(str(tmp_path / "tok"))
+    eos = int(tok.eos_token_id)
+    export_text_onnx(PromptFeatureGraph(text, eos), tmp_path / "text.onnx")
+    figures = text_parity(text, tmp_path / "text.onnx", tmp_path / "tok" / "tokenizer.json", cfg.class_prompts,
+                          eos, int(tok.pad_token_id))
+    assert figures["passed"], figures
+    assert figures["prompts"] == 6 and figures["max_abs"] <= 1e-5
+
+
+def test_old_bundle_without_text_tower_still_loads_and_only_renames(tiny_bundle_dir: Path, copy_bundle) -> None:
+    old = copy_bundle(tiny_bundle_dir)
+    meta = json.loads((old / "bundle.json").read_text())
+    for key in ("text", "head_open"):
+        meta.pop(key)
+    meta["files"] = {k: v for k, v in meta["files"].items()
+                     if not k.startswith(("text.onnx", "head_open.onnx", "tokenizer/"))}
+    (old / "bundle.json").write_text(json.dumps(meta))
+    b = load_bundle(old)
+    assert b.text is None and "fixed (no text tower" in b.describe()
+    cats = resolve(b, CategoryEdit(rename={"Abuse": "Mistreatment"}))
+    assert cats.names[1] == "Mistreatment" and cats.keys[1] == "abuse"
+    with pytest.raises(CategoryError, match=r"model\.categories: bundle .* has no text tower"):
+        resolve(b, CategoryEdit(add=(AddedCategory("Smoke", ("smoke",)),)))
+
+
+# --- edit resolution --------------------------------------------------------------------------------
+FALL = AddedCategory("Person falling", ("a person falls down", "someone collapses on the floor"))
+
+RESOLVE_CASES = [
+    ("unchanged", CategoryEdit(), 14, {}),
+    ("rename by key", CategoryEdit(rename={"roadAccidents": "Car crash"}), 14, {8: ("roadAccidents", "Car crash")}),
+    ("rename by display name", CategoryEdit(rename={"Road accident": "Crash"}), 14, {8: ("roadAccidents", "Crash")}),
+    ("rename normal", CategoryEdit(rename={"Normal": "Nothing"}), 14, {0: ("normal", "Nothing")}),
+    ("drop", CategoryEdit(drop=("Arrest",)), 13, {2: ("arson", "Arson")}),
+    ("add", CategoryEdit(add=(FALL,)), 15, {14: ("Person falling", "Person falling")}),
+    ("all three", CategoryEdit(add=(FALL,), rename={"Fighting": "Crowd fight"}, drop=("arrest", "Abuse")), 13,
+     {0: ("normal", "Normal"), 5: ("fighting", "Crowd fight"), 12: ("Person falling", "Person falling")}),
+]
+
+
+@pytest.mark.parametrize("label,edit,count,expect", RESOLVE_CASES, ids=[c[0] for c in RESOLVE_CASES])
+def test_resolve_edits(tiny_bundle_dir: Path, label: str, edit: CategoryEdit, count: int,
+                       expect: dict[int, tuple[str, str]]) -> None:
+    b = load_bundle(tiny_bundle_dir)
+    cats = resolve(b, edit)
+    assert len(cats) == count == len(cats.names) == len(cats.prompts)
+    assert cats.keys[0] == "normal"  # Normal stays first
+    for i, (key, name) in expect.items():
+        assert (cats.keys[i], cats.names[i]) == (key, name)
+    kept = [k for k, a in zip(cats.keys, cats.added, strict=True) if not a]
+    assert all(k in b.class_names for k in kept)  # original classes keep their bundle key
+    assert [k for k in kept] == [k for k in b.class_names if k in kept]  # and their order
+    for d in edit.drop:
+        assert d.lower() not in [k.lower() for k in cats.keys]
+
+
+ERROR_CASES = [
+    (CategoryEdit(rename={"Nope": "X"}), r"model\.categories\.rename: no category named 'Nope'"),
+    (CategoryEdit(drop=("Nope",)), r"model\.categories\.drop: no category named 'Nope'"),
+    (CategoryEdit(drop=("Normal",)), r"model\.categories\.drop: 'Normal' is the normal class"),
+    (CategoryEdit(add=(AddedCategory("Abuse", ("x",)),)), r"model\.categories\.add: 'Abuse' already names"),
+    (CategoryEdit(add=(AddedCategory("Smoke", ()),)), r"model\.categories\.add: 'Smoke' needs at least one"),
+    (CategoryEdit(rename={"Abuse": "Arson"}), r"model\.categories: two categories would share a name"),
+    (CategoryEdit(drop=tuple(c for c in ("abuse", "arrest", "arson", "assault", "burglary", "explosion",
+                                          "fighting", "roadAccidents", "robbery", "shooting", "shoplifting",
+                                          "stealing", "vandalism"))),
+     r"model\.categories: at least one anomaly category must remain"),
+    (CategoryEdit(drop=("Nope",), where=""), r"^--drop: no category named 'Nope'"),
+]
+
+
+@pytest.mark.parametrize("edit,message", ERROR_CASES)
+def test_resolve_errors_name_the_key(tiny_bundle_dir: Path, edit: CategoryEdit, message: str) -> None:
+    with pytest.raises(CategoryError, match=message):
+        resolve(load_bundle(tiny_bundle_dir), edit)
+
+
+def test_added_class_is_a_prompt_ensemble_and_bundle_classes_keep_the_model_rule(tiny_bundle_dir: Path) -> None:
+    b = load_bundle(tiny_bundle_dir)
+    enc = TextEncoder(b, threads=1)
+    vandalism = b.text.class_prompts[13]
+    cats = build(b, CategoryEdit(add=(FALL, AddedCategory("Vandal", tuple(vandalism)))), enc)
+    raw = enc.prompt_features(list(FALL.prompts)).astype(np.float64)
+    expected = _norm(_norm(raw).mean(axis=0))
+    assert cats.features is not None
+    assert float(np.abs(cats.features[14] - expected).max()) <= 1e-6
+    assert float(np.abs(cats.features[14] - _norm(raw.mean(axis=0))).max()) > 0  # not the plain mean
+    np.testing.assert_allclose(cats.features[15], cats.features[13], atol=1e-6)  # same words, same features
+    np.testing.assert_allclose(np.linalg.norm(cats.features, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("spec,ok", [("Smoke: smoke; a fire starts", ("Smoke", ("smoke", "a fire starts"))),
+                                     ("Smoke:smoke", ("Smoke", ("smoke",))), ("Smoke", None), (": smoke", None),
+                                     ("Smoke: ;", None)])
+def test_parse_add(spec: str, ok: tuple[str, tuple[str, ...]] | None) -> None:
+    from engine.errors import InputError
+
+    if ok is None:
+        with pytest.raises(InputError, match="expected 'Name: prompt; prompt'"):
+            parse_add(spec)
+    else:
+        assert parse_add(spec) == AddedCategory(*ok)
+
+
+# --- config -------------------------------------------------------------------------------------------
+def _config(categories: str, bundle: str = "scratch/bundle1") -> str:
+    return f"""\
+cameras:
+  - name: lobby
+    url: rtsp://127.0.0.1:8554/cam
+model:
+  bundle: {json.dumps(bundle)}
+  categories:
+{categories}
+sinks:
+  - type: jsonl
+    path: scratch/events.jsonl
+"""
+
+
+ISSUE_EXAMPLE = """\
+    add:
+      - name: Person falling
+        prompts: ["a person falls down", "someone collapses on the floor"]
+    rename: {Fighting: Crowd fight}
+    drop: [Arrest]"""
+
+
+def test_config_accepts_the_issue_example() -> None:
+    cfg = parse_config(_config(ISSUE_EXAMPLE))
+    edit = cfg.model.categories.to_edit()
+    assert edit.add == (FALL,) and edit.rename == {"Fighting": "Crowd fight"} and edit.drop == ("Arrest",)
+
+
+@pytest.mark.parametrize("block,where", [
+    ("    add:\n      - name: Smoke\n        prompts: []", "model.categories.add[0].prompts"),
+    ("    add:\n      - prompts: [smoke]", "model.categories.add[0].name"),
+    ("    add:\n      - name: Smoke\n        prompts: [smoke]\n        colour: red", "model.categories.add[0].colour"),
+    ("    remove: [Arrest]", "model.categories.remove"),
+    ("    rename: {Abuse: ''}", "model.categories.rename.Abuse"),
+])
+def test_config_errors_name_the_key(block: str, where: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(_config(block), "deploy.yaml")
+    assert any(where in p for p in info.value.problems), info.value.problems
+
+
+def _run_cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "stream.cli", *argv], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120)
+
+
+def test_check_config_shows_the_resulting_class_list(tiny_bundle_dir: Path, tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(_config(ISSUE_EXAMPLE, str(tiny_bundle_dir)))
+    r = _run_cli("check-config", str(good))
+    assert r.returncode == 0, r.stderr
+    assert "categories (14) [edited]:" in r.stdout
+    assert "  6: Crowd fight (key fighting)" in r.stdout and "  13: Person falling (added)" in r.stdout
+    assert "Arrest" not in r.stdout.split("categories (14)")[1]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(_config("    drop: [Riot]", str(tiny_bundle_dir)))
+    r = _run_cli("check-config", str(bad))
+    assert r.returncode == 2 and "OK" not in r.stdout
+    assert "model.categories.drop: no category named 'Riot'" in r.stderr and "Traceback" not in r.stderr
+    missing = tmp_path / "missing.yaml"
+    missing.write_text(_config(ISSUE_EXAMPLE, str(tmp_path / "nowhere")))
+    r = _run_cli("check-config", str(missing))
+    assert r.returncode == 0 and "categories: not shown (bundle not readable here" in r.stdout
+
+
+# --- the categories command ---------------------------------------------------------------------------
+def test_categories_command_prints_the_list_and_warns_on_near_duplicates(tiny_bundle_dir: Path) -> None:
+    vandalism = load_bundle(tiny_bundle_dir).text.class_prompts[13][0]
+    r = _run_cli("categories", str(tiny_bundle_dir), "--add", "Person falling: a person falls down; someone collapses",
+                 "--add", f"Graffiti: {vandalism}", "--rename", "roadAccidents=Car crash", "--drop", "Arrest")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "14 categories" in out and "TINY RANDOM CLIP" in out
+    assert "   0: Normal (key normal; 1 prompt)" in out
+    assert "   7: Car crash (key roadAccidents; 1 prompt)" in out
+    assert "  12: Person falling (added; 2 prompts)" in out and "  13: Graffiti (added; 1 prompt)" in out
+    assert "Graffiti ~ Vandalism: 1.0000  WARNING: near-duplicate" in out
+    assert "near-duplicate pair(s)" in out
+    r = _run_cli("categories", str(tiny_bundle_dir), "--rename", "Nope=X")
+    assert r.returncode == 2 and r.stderr.strip() == (
+        "dsanet categories: --rename: no category named 'Nope' (categories: Normal, Abuse, Arrest, Arson, Assault, "
+        "Burglary, Explosion, Fighting, Road accident, Robbery, Shooting, Shoplifting, Stealing, Vandalism)")
+    r = _run_cli("categories", str(tiny_bundle_dir), "--add", "no colon here")
+    assert r.returncode == 2 and "expected 'Name: prompt; prompt'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_categories_path_does_not_import_torch(tiny_bundle_dir: Path) -> None:
+    code = ("import sys\n"
+            "from engine.bundle import load_bundle\n"
+            "from engine.categories import CategoryEdit, AddedCategory, OpenHeadModel, build\n"
+            f"b = load_bundle({str(tiny_bundle_dir)!r})\n"
+            "cats = build(b, CategoryEdit(add=(AddedCategory('Smoke', ('smoke',)),)))\n"
+            "OpenHeadModel(b, cats)\n"
+            "import stream.commands.categories, stream.models\n"
+            "print([m for m in ('torch', 'transformers') if m in sys.modules])\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
+# --- a running service ------------------------------------------------------------------------------------
+def test_running_service_switches_categories_without_restarting_cameras(tmp_path: Path, clip_factory,
+                                                                          tiny_bundle_dir: Path) -> None:
+    from tests.test_service import read_events, write_config
+
+    from stream.config import load_config
+    from stream.service import Service
+    from stream.types import ScoreRecord
+
+    clip = clip_factory("a.mp4", width=160, height=96, fps=15, seconds=12.0)
+    cfg = write_config(tmp_path, [{"name": "a", "url": f"file://{clip}", "realtime": True}], bundle=tiny_bundle_dir,
+                       events="on_threshold: 0.0\n  off_threshold: 0.0\n  min_duration: 0.0\n  hold: 1.0\n"
+                              "  cooldown: 0.0\n  update_interval: 0.0")
+    svc = Service(load_config(cfg))
+    records: list[ScoreRecord] = []
+    lock = threading.Lock()
+    changed = threading.Event()
+
+    def listen(item: object) -> None:
+        if isinstance(item, ScoreRecord):
+            with lock:
+                records.append(item)
+
+    svc.add_listener(listen)
+    keep = {"abuse"}
+    drop = tuple(k for k in load_bundle(tiny_bundle_dir).class_names[1:] if k not in keep)
+    edit = CategoryEdit(add=(FALL,), rename={"abuse": "Mistreatment"}, drop=drop)
+    try:
+        svc.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(records) < 3:
+            time.sleep(0.05)
+        assert len(records) >= 3, "no scores before the change"
+        reader_before = svc.cameras["a"].reader
+        cats = svc.set_categories(edit)
+        changed.set()
+        assert cats.names == ("Normal", "Mistreatment", "Person falling")
+        with lock:
+            n_before = len(records)
+        while time.monotonic() < deadline and not any(r.category in ("Mistreatment", "Person falling")
+                                                      for r in records[n_before:]):
+            time.sleep(0.05)
+        assert svc.cameras["a"].reader is reader_before  # the camera was not restarted
+    finally:
+        svc.request_stop("test over")
+        svc.wait(30)
+        svc.shutdown()
+    with lock:
+        after = records[n_before:]
+    new_at = next(i for i, r in enumerate(after) if r.category in ("Mistreatment", "Person falling"))
+    assert after[new_at:] and all(r.category in ("Mistreatment", "Person falling") for r in after[new_at:])
+    assert all(r.category in load_bundle(tiny_bundle_dir).display_names for r in records[:n_before])
+    events = read_events(tmp_path / "events.jsonl")
+    assert events[0]["type"] == "start" and events[0]["category_key"] in load_bundle(tiny_bundle_dir).class_names
+    last = events[-1]
+    assert last["type"] == "end" and last["id"] == events[0]["id"]  # the open event survived the change
+    assert (last["category"], last["category_key"]) in (("Mistreatment", "abuse"),
+                                                        ("Person falling", "Person falling"))
