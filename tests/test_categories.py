@@ -272,10 +272,10 @@ def test_categories_command_prints_the_list_and_warns_on_near_duplicates(tiny_bu
                  "--add", f"Graffiti: {vandalism}", "--rename", "roadAccidents=Car crash", "--drop", "Arrest")
     assert r.returncode == 0, r.stderr
     out = r.stdout
-    assert "14 categories" in out and "TINY RANDOM CLIP" in out
+    assert "15 categories" in out and "TINY RANDOM CLIP" in out
     assert "   0: Normal (key normal; 1 prompt)" in out
     assert "   7: Car crash (key roadAccidents; 1 prompt)" in out
-    assert "  12: Person falling (added; 2 prompts)" in out and "  13: Graffiti (added; 1 prompt)" in out
+    assert "  13: Person falling (added; 2 prompts)" in out and "  14: Graffiti (added; 1 prompt)" in out
     assert "Graffiti ~ Vandalism: 1.0000  WARNING: near-duplicate" in out
     assert "near-duplicate pair(s)" in out
     r = _run_cli("categories", str(tiny_bundle_dir), "--rename", "Nope=X")
