@@ -303,11 +303,10 @@ def test_categories_path_does_not_import_torch(tiny_bundle_dir: Path) -> None:
 # --- a running service ------------------------------------------------------------------------------------
 def test_running_service_switches_categories_without_restarting_cameras(tmp_path: Path, clip_factory,
                                                                           tiny_bundle_dir: Path) -> None:
-    from tests.test_service import read_events, write_config
-
     from stream.config import load_config
     from stream.service import Service
     from stream.types import ScoreRecord
+    from tests.test_service import read_events, write_config
 
     clip = clip_factory("a.mp4", width=160, height=96, fps=15, seconds=12.0)
     cfg = write_config(tmp_path, [{"name": "a", "url": f"file://{clip}", "realtime": True}], bundle=tiny_bundle_dir,

@@ -108,6 +108,10 @@ def test_cli_export_int8_and_bundle_info(tmp_path, checkpoint, tiny_clip_dir, ti
     assert b.snippet_fps == 30.0 and b.source.tiny_clip
     assert not list(tmp_path.glob(".bundle.*"))  # no temporary directory left behind
     assert "encoder_int8 min cosine" in printed
+    # dsanet export carries the text tower (categories chosen at deployment), checked like the other graphs
+    assert b.text is not None and b.head_open is not None and (out / "tokenizer" / "tokenizer.json").is_file()
+    assert b.parity["text"]["passed"] and b.parity["text"]["max_abs"] <= 1e-5
+    assert b.parity["head_open"]["passed"] and b.parity["head_open"]["max_abs"] <= 1e-5
 
     # the INT8 encoder really is quantised and still close to torch
     _, enc, _ = load_models(out, runtime="auto", precision="int8")
