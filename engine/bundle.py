@@ -431,23 +431,28 @@ def check_graphs(bundle: Bundle) -> None:
 
 
 def _check_category_graphs(bundle: Bundle) -> None:
-    """text.onnx and head_open.onnx (when present): names and the text feature width."""
-    widths = {}
-    for spec, ins, outs in ((bundle.text, ("input",), ("prompt_output", "output")),
-                            (bundle.head_open, ("features", "lengths", "text_features"), ("scores", "class_probs"))):
-        if spec is None:
-            continue
-        path = bundle.path(spec.file)
-        g_in, g_out = onnx_io(path)
-        for attrs, io, kind in ((ins, g_in, "input"), (outs, g_out, "output")):
-            for a in attrs:
-                n = getattr(spec, a)
-                if n not in io:
-                    raise BundleError(f"{path}: has no {kind} named {n!r} (graph {kind}s: {sorted(io)})")
-        widths[spec.file] = _last_dim(g_out[spec.output]) if spec is bundle.text else _last_dim(g_in[spec.text_features])
+    """text.onnx and head_open.onnx (when present): tensor names and the text feature width."""
+    widths: dict[str, int | None] = {}
+    t, o = bundle.text, bundle.head_open
+    if t is not None:
+        g_in, g_out = _require_names(bundle.path(t.file), [t.input], [t.prompt_output, t.output])
+        widths[t.file] = _last_dim(g_out[t.output])
+    if o is not None:
+        g_in, g_out = _require_names(bundle.path(o.file), [o.features, o.lengths, o.text_features],
+                                     [o.scores, o.class_probs])
+        widths[o.file] = _last_dim(g_in[o.text_features])
     known = {k: w for k, w in widths.items() if w is not None}
     if len(set(known.values())) > 1:
         raise BundleError(f"text feature widths differ between {' and '.join(known)}: {known}")
+
+
+def _require_names(path: Path, inputs: list[str], outputs: list[str]) -> tuple[dict[str, Shape], dict[str, Shape]]:
+    g_in, g_out = onnx_io(path)
+    for names, io, kind in ((inputs, g_in, "input"), (outputs, g_out, "output")):
+        for n in names:
+            if n not in io:
+                raise BundleError(f"{path}: has no {kind} named {n!r} (graph {kind}s: {sorted(io)})")
+    return g_in, g_out
 
 
 def load_bundle(bundle_dir: str | os.PathLike[str], verify_hashes: bool = True, inspect_graphs: bool = True) -> Bundle:

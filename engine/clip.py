@@ -161,7 +161,7 @@ def load_fast_tokenizer(clip_dir: str | os.PathLike[str]):  # -> transformers.CL
     """The CLIP tokenizer as a ``tokenizers`` pipeline (converted from vocab/merges when the folder has no
     tokenizer.json): what a bundle saves so the live side tokenizes without transformers or torch."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import CLIPTokenizerFast
+    from transformers import CLIPTokenizerFast  # type: ignore[attr-defined]  # lazily exported
 
     try:
         return CLIPTokenizerFast.from_pretrained(str(clip_dir), local_files_only=True)

@@ -136,7 +136,7 @@ class PromptFeatureGraph(nn.Module):
         pos = torch.arange(n, device=input_ids.device)
         causal = torch.where(pos[None, :] > pos[:, None], torch.finfo(torch.float32).min, 0.0)[None, None]
         text = self.text
-        tm = _text_transformer(text.clip)
+        tm: Any = _text_transformer(text.clip)  # transformers' CLIP text model (untyped submodules)
         x = tm.embeddings(input_ids=input_ids)
         w = text.adapter_weight
         for i, layer in enumerate(tm.encoder.layers):
