@@ -357,3 +357,42 @@ def test_running_service_switches_categories_without_restarting_cameras(tmp_path
     assert last["type"] == "end" and last["id"] == events[0]["id"]  # the open event survived the change
     assert (last["category"], last["category_key"]) in (("Mistreatment", "abuse"),
                                                         ("Person falling", "Person falling"))
+
+
+# --- the event machine across a change ----------------------------------------------------------------
+def _ws(i: int, probs: tuple[float, ...], score: float = 0.9) -> object:
+    from stream.types import WindowScore
+
+    return WindowScore(camera="c", index=i, start_time=100.0 + i, end_time=101.0 + i, score=score,
+                       class_probs=probs, newest_index=i + 2, newest_end_time=103.0 + i)
+
+
+@pytest.mark.parametrize("keys,names,probs_after,expect", [
+    # the open event's category is dropped: the next update names the best remaining one
+    (["normal", "smoke", "riot"], ["Normal", "Smoke", "Riot"], (0.1, 0.2, 0.7), ("Riot", "riot")),
+    # kept by key and renamed: its running sum carries over and the update shows the new name
+    (["normal", "fight", "smoke"], ["Normal", "Crowd fight", "Smoke"], (0.1, 0.5, 0.4), ("Crowd fight", "fight")),
+    # kept unchanged: sums carry over, so the old evidence still outweighs one new score
+    (["normal", "fight", "smoke"], ["Normal", "Fight", "Smoke"], (0.1, 0.3, 0.6), ("Fight", "fight")),
+])
+def test_event_machine_switches_class_lists_by_key(keys, names, probs_after, expect) -> None:
+    from stream.events import EventMachine
+    from stream.events.settings import EventSettings
+
+    m = EventMachine("c", EventSettings(on_threshold=0.5, off_threshold=0.3, min_duration=0.0, hold=5.0,
+                                        cooldown=0.0, update_interval=0.0),
+                     ["normal", "fight", "theft", "riot"], ["Normal", "Fight", "Theft", "Riot"], {"name": "t"})
+    events = []
+    for i in range(3):
+        events += m.push(_ws(i, (0.1, 0.8, 0.05, 0.05)))
+    events += m.push(_ws(3, (0.1, 0.1, 0.8, 0.0)))  # theft now, fight still ahead on the sums
+    open_id = events[0].id
+    m.set_classes(keys, names)
+    m.set_classes(keys, names)  # the service re-applies a list only when it differs; a repeat is harmless
+    out = m.push(_ws(4, probs_after))
+    end = m.close("shutdown")
+    assert end is not None
+    out.append(end)
+    assert all(e.id == open_id for e in out)
+    assert (out[-1].category, out[-1].category_key) == expect
+    assert out[-1].type == "end" and len(m.class_names) == 3
