@@ -396,3 +396,23 @@ def test_event_machine_switches_class_lists_by_key(keys, names, probs_after, exp
     assert all(e.id == open_id for e in out)
     assert (out[-1].category, out[-1].category_key) == expect
     assert out[-1].type == "end" and len(m.class_names) == 3
+
+
+def test_config_categories_apply_when_the_models_load(tiny_bundle_dir: Path) -> None:
+    from stream.models import Models
+
+    text = _config(ISSUE_EXAMPLE, str(tiny_bundle_dir)).replace("  categories:", "  runtime: onnxruntime\n  categories:")
+    models = Models.load(parse_config(text).model)
+    keys, names = models.current_classes()
+    assert len(keys) == 14 and keys[0] == "normal" and "arrest" not in keys
+    assert keys[-1] == names[-1] == "Person falling" and names[keys.index("fighting")] == "Crowd fight"
+    feats = np.random.default_rng(0).standard_normal((2, 8, 512), dtype=np.float32)
+    scores, probs = models.score(feats, np.array([8, 5]))
+    assert probs.shape == (2, 8, 14) and np.allclose(probs.sum(-1), 1.0, atol=1e-5)
+    assert models.scored_classes() == (keys, names)
+    # a names-only edit keeps the configured (baked) head
+    renamed = Models.load(parse_config(_config("    rename: {Abuse: Mistreatment}", str(tiny_bundle_dir))
+                                       .replace("  categories:", "  runtime: onnxruntime\n  categories:")).model)
+    assert renamed.open_head is None and renamed.current_classes()[1][1] == "Mistreatment"
+    _, p = renamed.score(feats, np.array([8, 5]))
+    assert p.shape == (2, 8, 14) and renamed.category(p[0, 0])[0] in renamed.current_classes()[1]
