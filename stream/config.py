@@ -159,6 +159,33 @@ class CameraConfig(_Model):
         return v
 
 
+class TritonEncoderConfig(_Model):
+    """The encoder served by an NVIDIA Triton server (``dsanet triton-repo`` writes its repository)."""
+
+    runtime: Literal["triton"] = Field(description="Where the encoder runs: triton (the head stays in this worker).")
+    url: str = Field("127.0.0.1:8001", description="host:port of Triton's gRPC endpoint.")
+    model: str = Field("dsanet_encoder", description="Model name in the Triton repository.")
+    model_version: str = Field("", description="Model version ('' = the server's policy, usually the latest).")
+    timeout: float = Field(5.0, gt=0, description="Seconds per inference request before it counts as failed.")
+    max_wait: float = Field(10.0, gt=0, description=(
+        "Seconds one encoder batch keeps retrying while Triton is away; then it is dropped and counted "
+        "(the encoder queue keeps the newest snippets meanwhile)."))
+    failure_threshold: int = Field(3, ge=1, description="Consecutive failures that open the circuit breaker.")
+    backoff_initial: float = Field(0.1, gt=0, description="First retry delay in seconds; doubles per failure.")
+    backoff_max: float = Field(2.0, gt=0, description="Largest retry / circuit probe delay in seconds.")
+    connect_timeout: float = Field(60.0, gt=0, description="Seconds to wait at start for the model to be ready.")
+
+    @field_validator("url")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.\-\[\]:]+:\d{1,5}", v):
+            raise ValueError(f"url {v!r} must be host:port of Triton's gRPC endpoint (e.g. triton:8001), no scheme")
+        return v
+
+    def runner_options(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"runtime"})
+
+
 class ModelConfig(_Model):
     """The model bundle and the runtime it runs on."""
 
@@ -174,6 +201,8 @@ class ModelConfig(_Model):
     head_batch: int = Field(16, ge=1, le=256, description="Maximum windows the head scores in one batch.")
     head_max_wait: float = Field(0.02, ge=0, description="Seconds the head waits to fill a batch.")
     queue_size: int = Field(64, ge=1, description="Bound of each work queue; when full the oldest item is dropped and counted.")
+    encoder: TritonEncoderConfig | None = Field(None, description=(
+        "Run the encoder elsewhere: {runtime: triton, url, model}; unset = in this process on 'runtime'."))
 
     @field_validator("device")
     @classmethod
@@ -240,8 +269,22 @@ class MqttSinkConfig(_SinkBase):
     score_interval: float = Field(1.0, ge=0, description="Minimum seconds between two score messages of a camera.")
 
 
+class KafkaSinkConfig(_SinkBase):
+    """Produce events to a Kafka topic, keyed by camera (one partition per camera keeps its order)."""
+
+    type: Literal["kafka"] = Field(description="Sink type.")
+    brokers: str = Field(description="Bootstrap servers, host:port[,host:port...].")
+    topic: str = Field("dsanet-events", pattern=r"^[A-Za-z0-9._\-]{1,249}$", description="Topic for events.")
+    client_id: str | None = Field(None, description="Kafka client id (default: dsanet-<hostname>).")
+    timeout: float = Field(10.0, gt=0, description="Seconds to wait for the broker's acknowledgement of an event.")
+    backoff_initial: float = Field(1.0, gt=0, description="First retry delay in seconds.")
+    backoff_max: float = Field(30.0, gt=0, description="Largest retry delay in seconds.")
+    # Security settings come from the environment (KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_MECHANISM,
+    # KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD, KAFKA_SSL_CA_LOCATION, ...), never from this file.
+
+
 SinkConfig = Annotated[
-    JsonlSinkConfig | StdoutSinkConfig | WebhookSinkConfig | MqttSinkConfig,
+    JsonlSinkConfig | StdoutSinkConfig | WebhookSinkConfig | MqttSinkConfig | KafkaSinkConfig,
     Field(discriminator="type"),
 ]
 
@@ -271,6 +314,20 @@ class SpoolConfig(_Model):
     directory: str = Field("spool", description="Folder for the per-sink on-disk spools.")
 
 
+class ShardConfig(_Model):
+    """This worker's share of the cameras when several workers run one config (``stream.shard``)."""
+
+    index: int = Field(0, ge=0, description="This worker's index, 0..count-1 (--shard, SHARD_INDEX or a "
+                                             "StatefulSet ordinal take precedence).")
+    count: int = Field(1, ge=1, description="Number of workers sharing the cameras (rendezvous hashing).")
+
+    @model_validator(mode="after")
+    def _in_range(self) -> ShardConfig:
+        if self.index >= self.count:
+            raise ValueError(f"index ({self.index}) must be smaller than count ({self.count})")
+        return self
+
+
 class LoggingConfig(_Model):
     """Log output."""
 
@@ -291,6 +348,7 @@ class DeploymentConfig(_Model):
     evidence: EvidenceConfig = Field(default_factory=EvidenceConfig, description="Per-event snapshots and clips.")
     spool: SpoolConfig = Field(default_factory=SpoolConfig, description="On-disk spool for undelivered events.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Log level and format.")
+    shard: ShardConfig | None = Field(None, description="Cameras shared among workers: this worker's index/count.")
 
     @model_validator(mode="after")
     def _unique(self) -> DeploymentConfig:
@@ -415,7 +473,7 @@ def _describe(err: dict[str, Any]) -> str:
         ctx = err.get("ctx", {})
         return f"unknown type {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}"
     if kind == "union_tag_not_found":
-        return "'type' is missing; every sink needs one (jsonl, stdout, webhook, mqtt)"
+        return "'type' is missing; every sink needs one (jsonl, stdout, webhook, mqtt, kafka)"
     msg = str(err["msg"])
     return redact(msg.removeprefix("Value error, "))
 

@@ -82,6 +82,13 @@ class Models:
     def load(cls, model_cfg: Any) -> Models:
         from engine.runtime import load_models
 
+        if model_cfg.encoder is not None:  # the encoder on a Triton server, the head here
+            from engine.runtimes.triton import load_with_remote_encoder
+
+            bundle, encoder, head = load_with_remote_encoder(model_cfg)
+            return cls(bundle=bundle, encoder=encoder, head=head, preprocess=encoder.preprocess,
+                       runtime=f"triton+{head.describe()['runtime']}", encoder_max_batch=encoder.max_batch,
+                       head_max_batch=head.max_batch)
         bundle, encoder, head = load_models(model_cfg.bundle, runtime=model_cfg.runtime, device=model_cfg.device,
                                             precision=model_cfg.precision, threads=model_cfg.threads)
         desc = head.describe() if hasattr(head, "describe") else {}
@@ -214,7 +221,7 @@ class Service:
 
     def _prepare(self, image: np.ndarray) -> np.ndarray:
         """One frame -> encoder input [3,S,S]; runs in the camera's reader thread."""
-        return np.asarray(self.models.preprocess([image]), dtype=np.float32)[0]
+        return np.asarray(self.models.preprocess([image]))[0]  # float32, or uint8 crops for a Triton encoder
 
     def _snippet_emitter(self, camera: str) -> Callable[[Snippet], None]:
         def emit(s: Snippet) -> None:

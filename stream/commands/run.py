@@ -24,6 +24,9 @@ def register(subparsers: Any) -> None:
                    help="stop cleanly after this many seconds (default: run until stopped)")
     p.add_argument("--status-interval", type=float, default=5.0, metavar="SECONDS",
                    help="seconds between status lines (0: none)")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="watch only the cameras that rendezvous hashing gives worker I of N (default: "
+                        "SHARD_INDEX/SHARD_COUNT, a StatefulSet ordinal, the config's shard section, or all)")
     p.set_defaults(func=run)
 
 
@@ -88,9 +91,16 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(path)
         configure_logging(cfg.logging.level, cfg.logging.format)
+        from stream.remote import watch_remote_encoder
         from stream.service import Service
+        from stream.shard import apply_shard
 
+        cfg, shard = apply_shard(cfg, args.shard)
+        if shard.count > 1:
+            logging.getLogger("stream.shard").info("shard %s (%s): cameras %s", shard, shard.source,
+                                                   ", ".join(c.name for c in cfg.enabled_cameras))
         service = Service(cfg, status_interval=args.status_interval)
+        watch_remote_encoder(service.metrics, service.models.encoder)
         return service.run(duration=args.duration)
     except DsanetError as exc:
         print(f"dsanet run: {exc}", file=sys.stderr)
