@@ -18,6 +18,7 @@ demo: $(STAMP)
 	$(VENV)/bin/dsanet run $(ARGS)
 
 test: $(STAMP)
+	bash .ci/triton-venv.sh
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
