@@ -78,7 +78,8 @@ def test_compose_workers_match_the_cli_config_and_shard_every_camera_once(site):
         mounts = dict(_volume(m) for m in svc["volumes"])
         assert mounts[ns.config] == "../config/site.yaml"
         assert (DEPLOY / "compose" / mounts[ns.config]).resolve() == DEPLOY / "config" / "site.yaml"
-        assert site.model.bundle in mounts and site.spool.directory.startswith(next(m for m in mounts if m == "/data"))
+        assert site.model.bundle in mounts and site.spool.directory.startswith("/data/")
+        assert mounts["/data"] == f"{name}-data"  # each worker its own spool (never shared between workers)
         shard = resolve(ns.shard, env={})
         counts.add(shard.count)
         owned += [c.name for c in site.cameras if shard.owns(c.name)]
