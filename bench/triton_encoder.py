@@ -147,6 +147,7 @@ def _triton_cfg(d: dict[str, Any]) -> Any:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", choices=("tiny", "vitb16"), default="tiny")
+    ap.add_argument("--bundle-dir", type=Path, default=None, help="use this bundle instead (e.g. a real one)")
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads, both sides (default 1)")
     ap.add_argument("--iters", type=int, default=40, help="calls per contender in part 1")
     ap.add_argument("--cameras", type=int, default=2)
@@ -162,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         print("bench/triton_encoder.py: tritonserver not found: run `bash .ci/triton-venv.sh` first", file=sys.stderr)
         return 2
     print_header(f"Encoder in-process (ONNX Runtime) vs Triton 2.51 (Python backend), {args.bundle} encoder")
-    bundle = tiny_bundle() if args.bundle == "tiny" else vitb16_bundle()
-    repo = cache_dir("triton-repo") / args.bundle
+    bundle = args.bundle_dir or (tiny_bundle() if args.bundle == "tiny" else vitb16_bundle())
+    repo = cache_dir("triton-repo") / (bundle.name if args.bundle_dir else args.bundle)
     write_repository(bundle, repo, force=True)
     server = TritonServer(repo, work_dir=cache_dir("triton-server"), threads=args.threads).start()
     try:

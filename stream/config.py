@@ -169,7 +169,7 @@ class TritonEncoderConfig(_Model):
     timeout: float = Field(5.0, gt=0, description="Seconds per inference request before it counts as failed.")
     max_wait: float = Field(10.0, gt=0, description=(
         "Seconds one encoder batch keeps retrying while Triton is away; then it is dropped and counted "
-        "(the encoder queue keeps the newest snippets meanwhile)."))
+        "(the encoder queue keeps the newest snippets meanwhile). Keep it under the 30 s liveness limit."))
     failure_threshold: int = Field(3, ge=1, description="Consecutive failures that open the circuit breaker.")
     backoff_initial: float = Field(0.1, gt=0, description="First retry delay in seconds; doubles per failure.")
     backoff_max: float = Field(2.0, gt=0, description="Largest retry / circuit probe delay in seconds.")

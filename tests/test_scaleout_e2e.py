@@ -32,7 +32,7 @@ model:
   bundle: {bundle}
   runtime: onnxruntime
   threads: 1
-  encoder: {{runtime: triton, url: "{triton}", timeout: 3, max_wait: 30, backoff_initial: 0.1, backoff_max: 0.5,
+  encoder: {{runtime: triton, url: "{triton}", timeout: 3, max_wait: 20, backoff_initial: 0.1, backoff_max: 0.5,
             connect_timeout: 60}}
 window: {{length: 8, lookahead: 1}}
 events: {{on_threshold: 0.0, off_threshold: 0.0, min_duration: 0.0, hold: 0.0, cooldown: 0.0, update_interval: 0.5}}

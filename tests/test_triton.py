@@ -173,3 +173,28 @@ def _value(page: str, name: str) -> float:
         if line.startswith(name + "{") or line.startswith(name + " "):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"{name} not on the metrics page")
+
+
+@pytest.mark.slow
+def test_triton_bench_runs_and_reports_every_figure(tmp_path, tiny_bundle_dir):
+    """bench/triton_encoder.py end to end with tiny settings (no timing asserted: machines are noisy)."""
+    import os
+
+    from tests.fixtures.triton import require_triton
+
+    require_triton()
+
+    env = {**os.environ, "DSANET_BENCH_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "triton_encoder.py"), "--bundle-dir",
+                           str(tiny_bundle_dir), "--iters", "3", "--cameras", "1", "--seconds", "2", "--warmup", "2"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    last = [ln for ln in proc.stdout.splitlines() if ln.strip()][-1]
+    assert last.startswith("RESULT ")
+    res = dict(p.split("=", 1) for p in last.split()[1:])
+    for key in ("added_ms_b1", "ips_local_b8", "ips_triton_b8", "cpu_local", "cpu_triton_worker",
+                "cpu_triton_server", "wire_kb_per_cam_s", "wire_f32_kb_per_cam_s"):
+        assert float(res[key]) == float(res[key]), f"{key} is not a number: {res[key]}"
+    # the wire figure is what the client sent: uint8 crops, a quarter of float32 input
+    assert abs(float(res["wire_f32_kb_per_cam_s"]) / float(res["wire_kb_per_cam_s"]) - 4.0) < 0.05
+    assert " in-process |" in proc.stdout and " triton |" in proc.stdout  # both contenders in the tables
