@@ -572,6 +572,10 @@ def summary(cfg: DeploymentConfig) -> str:
         lines.append(f"  - {c.name}: {redact(c.url)} ({c.transport}, window {w.length}, lookahead {w.lookahead}){flag}")
     m = cfg.model
     lines.append(f"model: {m.bundle} (runtime {m.runtime}, device {m.device}, precision {m.precision})")
+    if m.encoder is not None:
+        lines.append(f"encoder: on {m.encoder.runtime} at {m.encoder.url} (model {m.encoder.model})")
+    if cfg.shard is not None:
+        lines.append(f"shard: {cfg.shard.index}/{cfg.shard.count} (--shard / SHARD_INDEX take precedence)")
     e = cfg.events
     lines.append(f"events: on {e.on_threshold} / off {e.off_threshold}, min {e.min_duration}s, hold {e.hold}s, "
                  f"cooldown {e.cooldown}s")
