@@ -81,7 +81,7 @@ def part1(bundle_dir: Path, server: Any, threads: int, iters: int) -> dict[str, 
 
     bundle = load_bundle(bundle_dir)
     _, local, _ = load_models(bundle_dir, runtime="onnxruntime", threads=threads)
-    remote = load_triton_encoder(bundle, url=server.grpc_url)
+    remote = load_triton_encoder(bundle, url=server.grpc_url, timeout=60.0, max_wait=120.0)
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (360, 640, 3), dtype=np.uint8) for _ in range(8)]
     pix = {b: bundle.preprocessing(frames[:b]) for b in (1, 8)}
@@ -110,7 +110,7 @@ def run_service(bundle: Path, clips: list[Path], seconds: float, warmup: float, 
     work = cache_dir("triton-run") / ("triton" if server else "local")
     cfg = service_config(bundle, clips, work, threads=threads)
     if server is not None:
-        enc = {"runtime": "triton", "url": server.grpc_url, "timeout": 10.0}
+        enc = {"runtime": "triton", "url": server.grpc_url, "timeout": 60.0, "max_wait": 25.0}
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"encoder": _triton_cfg(enc)})})
     svc = Service(cfg, out=io.StringIO(), status_interval=0)
     svc.start()
