@@ -198,3 +198,25 @@ def test_triton_bench_runs_and_reports_every_figure(tmp_path, tiny_bundle_dir):
     # the wire figure is what the client sent: uint8 crops, a quarter of float32 input
     assert abs(float(res["wire_f32_kb_per_cam_s"]) / float(res["wire_kb_per_cam_s"]) - 4.0) < 0.05
     assert " in-process |" in proc.stdout and " triton |" in proc.stdout  # both contenders in the tables
+
+
+def test_circuit_breaker_opens_after_the_threshold_and_probes_with_a_growing_delay():
+    from engine.runtimes.triton import CircuitBreaker
+
+    b = CircuitBreaker(threshold=3, initial=1.0, maximum=4.0)
+    t = 100.0
+    assert not b.failure(t) and not b.failure(t) and b.state == "closed" and b.wait_time(t) == 0
+    assert b.failure(t) and b.state == "open"  # the third consecutive failure opens it
+    assert b.wait_time(t + 0.25) == pytest.approx(0.75)  # no request before the probe time
+    assert b.wait_time(t + 1.0) == 0 and b.state == "half_open"  # one probe may go
+    assert not b.failure(t + 1.0)  # a failed probe re-opens (not a new outage)...
+    assert b.state == "open" and b.wait_time(t + 1.0) == pytest.approx(2.0)  # ...with the delay doubled
+    b.wait_time(t + 3.0)
+    b.failure(t + 3.0)
+    b.wait_time(t + 7.0)
+    b.failure(t + 7.0)
+    assert b.wait_time(t + 7.0) == pytest.approx(4.0)  # capped at the maximum
+    assert b.opened_at == t  # the outage started at the first opening
+    b.wait_time(t + 11.0)
+    assert b.success() and b.state == "closed" and b.opened_at is None and b.wait_time(t + 11.0) == 0
+    assert not b.failure(t + 12.0)  # the count starts again from zero

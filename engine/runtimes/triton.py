@@ -275,8 +275,10 @@ class TritonRunner(Runner):
             errors = self._send(chunks, todo, results)
             now = time.monotonic()
             if not errors:
+                opened = self.breaker.opened_at
                 if self.breaker.success():
-                    log.warning("triton at %s: serving again after %.1fs", self.url, now - start)
+                    log.warning("triton at %s: serving again after %.1fs", self.url,
+                                now - (opened if opened is not None else start))
                 with self._lock:
                     self.last_error = None
                 return {self.part.output_names[0]: np.concatenate(results, axis=0)}  # type: ignore[arg-type]
