@@ -144,8 +144,10 @@ def test_two_sharded_workers_one_triton_one_broker(tmp_path, clip_factory, tiny_
         triton_server.kill()
         killed = time.monotonic()
         seen_503: set[int] = set()
+        health_codes: set[int] = set()
         while time.monotonic() - killed < 3.0:
             for i, w in enumerate(workers):
+                health_codes.add(_get(w["url"] + "/healthz")[0])
                 code, body = _get(w["url"] + "/readyz")
                 if code == 503 and "triton" in body:
                     if i not in seen_503:
@@ -156,6 +158,7 @@ def test_two_sharded_workers_one_triton_one_broker(tmp_path, clip_factory, tiny_
         restarted = time.monotonic()
         figures["triton_down_s"] = restarted - killed
         assert seen_503 == {0, 1}, "every worker's /readyz must report the Triton outage"
+        assert health_codes == {200}, "an outage of Triton is not a reason to restart a worker (/healthz)"
         _wait(lambda: all(_get(w["url"] + "/readyz")[0] == 200 for w in workers), 60,
               "both workers ready again after Triton restarted", procs)
         figures["triton_ready_to_workers_ready_s"] = time.monotonic() - restarted
