@@ -9,6 +9,8 @@ COPY engine ./engine
 COPY export ./export
 COPY configs ./configs
 RUN pip install --no-cache-dir -c constraints.txt ".[cpu,triton,kafka]"
+# /data holds the spool and events; a named volume takes this ownership on first use
+RUN mkdir -p /data && chown 65534:65534 /data
 USER 65534:65534
 ENTRYPOINT ["dsanet"]
 CMD ["run", "-c", "/config/site.yaml"]
