@@ -159,3 +159,12 @@ def test_shard_plan_command_prints_the_assignment_and_scale_out_moves(tmp_path):
     assert bad.returncode == 2 and "file not found" in bad.stderr and "Traceback" not in bad.stderr
     zero = _dsanet("shard-plan", "-c", str(path), "--workers", "0")
     assert zero.returncode == 2 and "--workers must be >= 1" in zero.stderr
+
+
+def test_run_rejects_a_bad_shard_in_one_line_before_loading_anything(tmp_path):
+    path = _config(tmp_path, 3)
+    for spec, needle in (("5/2", "outside 0..1"), ("x", "INDEX/COUNT")):
+        res = _dsanet("run", "-c", str(path), "--shard", spec, "--duration", "1")
+        assert res.returncode == 1, res.stderr
+        assert needle in res.stderr and "Traceback" not in res.stderr
+        assert res.stderr.strip().splitlines()[-1].startswith("dsanet run: ")
