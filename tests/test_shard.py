@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from stream.cli import EXIT_BAD_INPUT
 from stream.config import load_config
 from stream.shard import (
     Shard,
@@ -165,6 +166,6 @@ def test_run_rejects_a_bad_shard_in_one_line_before_loading_anything(tmp_path):
     path = _config(tmp_path, 3)
     for spec, needle in (("5/2", "outside 0..1"), ("x", "INDEX/COUNT")):
         res = _dsanet("run", "-c", str(path), "--shard", spec, "--duration", "1")
-        assert res.returncode == 1, res.stderr
+        assert res.returncode == EXIT_BAD_INPUT, res.stderr
         assert needle in res.stderr and "Traceback" not in res.stderr
         assert res.stderr.strip().splitlines()[-1].startswith("dsanet run: ")

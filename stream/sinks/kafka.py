@@ -26,11 +26,13 @@ import socket
 import threading
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+from stream.config import KafkaSinkConfig
 from stream.redact import redact
 from stream.sinks import SinkError, register_sink
-from stream.sinks.base import Result, Sink, safe_name
+from stream.sinks.base import Metrics, Result, Sink, safe_name
 from stream.sinks.spool import SpoolItem
 
 log = logging.getLogger(__name__)
@@ -67,11 +69,15 @@ def _import_kafka() -> Any:
 
 @register_sink("kafka")
 class KafkaSink(Sink):
-    def __init__(self, cfg: Any, spool_dir: Any, metrics: Any = None, **kw: Any) -> None:
+    def __init__(self, cfg: KafkaSinkConfig, spool_dir: str | Path | None, metrics: Metrics | None = None,
+                 **kw: Any) -> None:
+        kw.setdefault("backoff_initial", cfg.backoff_initial)
+        kw.setdefault("backoff_max", cfg.backoff_max)
         super().__init__(cfg, spool_dir, metrics, **kw)
-        self.brokers = str(cfg.brokers)
-        self.topic = str(cfg.topic)
-        self.timeout = float(cfg.timeout)
+        self.kafka_cfg = cfg
+        self.brokers = cfg.brokers
+        self.topic = cfg.topic
+        self.timeout = cfg.timeout
         self.client_id = cfg.client_id or f"dsanet-{socket.gethostname()}-{safe_name(self.name)}"
         self._producer: Any = None
         self._kafka = _import_kafka()
