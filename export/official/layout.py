@@ -21,48 +21,27 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from engine.clip_layout import (
+    CLIP_META_KEYS,
+    VIT_B_16,
+    ClipGeometry,
+    LayoutError,
+    Shape,
+    block_shapes,
+    clip_shapes,
+    count_indices,
+    infer_clip_geometry,
+    need_shape,
+)
+
 CLIP_PREFIX = "clipmodel."
 CLIP_ALIAS_PREFIX = "clip_adapter.clipmodel."
 ADAPTER_PREFIX = "clip_adapter.text_adapter."
 SGNM_PREFIX = "video_anomaly_refiner."
-# Keys OpenAI's TorchScript archives carry besides the weights (build_model drops them).
-CLIP_META_KEYS = ("input_resolution", "context_length", "vocab_size")
 
-Shape = tuple[int, ...]
-
-
-class LayoutError(ValueError):
-    """The tensors do not follow the official layout (the message names the key at fault)."""
-
-
-@dataclass(frozen=True)
-class ClipGeometry:
-    """What OpenAI's ``build_model`` reads off a ViT CLIP state dict."""
-
-    embed_dim: int = 512
-    image_resolution: int = 224
-    vision_layers: int = 12
-    vision_width: int = 768
-    vision_patch_size: int = 16
-    context_length: int = 77
-    vocab_size: int = 49408
-    transformer_width: int = 512
-    transformer_layers: int = 12
-
-    @property
-    def vision_heads(self) -> int:
-        return max(self.vision_width // 64, 1)
-
-    @property
-    def transformer_heads(self) -> int:
-        return max(self.transformer_width // 64, 1)
-
-    @property
-    def grid(self) -> int:
-        return self.image_resolution // self.vision_patch_size
-
-
-VIT_B_16 = ClipGeometry()
+__all__ = ["ADAPTER_PREFIX", "CLIP_ALIAS_PREFIX", "CLIP_META_KEYS", "CLIP_PREFIX", "PRESET_HEADS", "SGNM_PREFIX",
+           "VIT_B_16", "ClipGeometry", "HeadGeometry", "LayoutError", "Shape", "clip_shapes", "guess_preset",
+           "head_shapes", "infer_clip_geometry", "infer_head_geometry", "official_shapes"]
 
 
 @dataclass(frozen=True)
@@ -80,36 +59,6 @@ class HeadGeometry:
 # Official option files: shape-bearing values per preset (ucf_option.py, xd_option.py).
 PRESET_HEADS = {"ucf": HeadGeometry(visual_layers=2, text_adapt_until=3),
                 "xd": HeadGeometry(visual_layers=1, text_adapt_until=1)}
-
-
-def _block(prefix: str, w: int) -> dict[str, Shape]:
-    """One CLIP-style residual attention block (nn.MultiheadAttention + c_fc/c_proj MLP)."""
-    return {
-        f"{prefix}attn.in_proj_weight": (3 * w, w), f"{prefix}attn.in_proj_bias": (3 * w,),
-        f"{prefix}attn.out_proj.weight": (w, w), f"{prefix}attn.out_proj.bias": (w,),
-        f"{prefix}ln_1.weight": (w,), f"{prefix}ln_1.bias": (w,),
-        f"{prefix}mlp.c_fc.weight": (4 * w, w), f"{prefix}mlp.c_fc.bias": (4 * w,),
-        f"{prefix}mlp.c_proj.weight": (w, 4 * w), f"{prefix}mlp.c_proj.bias": (w,),
-        f"{prefix}ln_2.weight": (w,), f"{prefix}ln_2.bias": (w,),
-    }
-
-
-def clip_shapes(g: ClipGeometry, prefix: str = "") -> dict[str, Shape]:
-    """Every tensor of an OpenAI ViT CLIP state dict, by key (with ``prefix``)."""
-    tw, vw = g.transformer_width, g.vision_width
-    out: dict[str, Shape] = {
-        "positional_embedding": (g.context_length, tw), "text_projection": (tw, g.embed_dim), "logit_scale": (),
-        "token_embedding.weight": (g.vocab_size, tw), "ln_final.weight": (tw,), "ln_final.bias": (tw,),
-        "visual.class_embedding": (vw,), "visual.positional_embedding": (g.grid ** 2 + 1, vw),
-        "visual.proj": (vw, g.embed_dim), "visual.conv1.weight": (vw, 3, g.vision_patch_size, g.vision_patch_size),
-        "visual.ln_pre.weight": (vw,), "visual.ln_pre.bias": (vw,),
-        "visual.ln_post.weight": (vw,), "visual.ln_post.bias": (vw,),
-    }
-    for i in range(g.transformer_layers):
-        out.update(_block(f"transformer.resblocks.{i}.", tw))
-    for i in range(g.vision_layers):
-        out.update(_block(f"visual.transformer.resblocks.{i}.", vw))
-    return {prefix + k: v for k, v in out.items()}
 
 
 def _linear(prefix: str, n_out: int, n_in: int, bias: bool = True) -> dict[str, Shape]:
@@ -138,7 +87,7 @@ def head_shapes(h: HeadGeometry, text_width: int = 512, sgnm_heads: int = 8) -> 
     w, half = h.visual_width, h.visual_width // 2
     out: dict[str, Shape] = {"frame_position_embeddings.weight": (h.visual_length, w), "disAdj.sigma": (1,)}
     for i in range(h.visual_layers):
-        out.update(_block(f"temporal.resblocks.{i}.", w))
+        out.update(block_shapes(f"temporal.resblocks.{i}.", w))
     out.update({"gc1.weight": (w, half), "gc1.residual.weight": (half, w, 5), "gc1.residual.bias": (half,),
                 "gc2.weight": (half, half),
                 "gc3.weight": (w, half), "gc3.residual.weight": (half, w, 5), "gc3.residual.bias": (half,),
@@ -168,61 +117,18 @@ def official_shapes(clip: ClipGeometry, head: HeadGeometry) -> dict[str, Shape]:
 
 
 # --- inference -----------------------------------------------------------------------------------
-def _count(keys: list[str], pattern: str) -> int:
-    rx = re.compile(pattern)
-    return len({m.group(1) for k in keys if (m := rx.match(k))})
-
-
-def _need(shapes: Mapping[str, Shape], key: str) -> Shape:
-    if key not in shapes:
-        raise LayoutError(f"missing {key}")
-    return tuple(shapes[key])
-
-
-def infer_clip_geometry(shapes: Mapping[str, Shape], prefix: str = "") -> ClipGeometry:
-    """OpenAI ``build_model``'s reading of a ViT CLIP state dict (``shapes``: key -> shape)."""
-    keys = [k[len(prefix):] for k in shapes if k.startswith(prefix)]
-    sub = {k: tuple(shapes[prefix + k]) for k in keys}
-    if "visual.proj" not in sub:
-        if any(k.startswith("visual.layer1.") for k in keys):
-            raise LayoutError("a ResNet CLIP (visual.layer1.*): only ViT CLIP models are supported")
-        raise LayoutError(f"missing {prefix}visual.proj: not an OpenAI ViT CLIP state dict")
-    conv = _need(sub, "visual.conv1.weight")
-    if len(conv) != 4:
-        raise LayoutError(f"{prefix}visual.conv1.weight has shape {conv}, expected 4 dimensions")
-    pos = _need(sub, "visual.positional_embedding")
-    grid = round((pos[0] - 1) ** 0.5)
-    if grid * grid + 1 != pos[0]:
-        raise LayoutError(f"{prefix}visual.positional_embedding has {pos[0]} rows, not a square grid + 1")
-    text_proj = _need(sub, "text_projection")
-    geometry = ClipGeometry(
-        embed_dim=int(text_proj[1]),
-        image_resolution=int(conv[-1]) * grid,
-        vision_layers=_count(keys, r"visual\.transformer\.resblocks\.(\d+)\.attn\.in_proj_weight$"),
-        vision_width=int(conv[0]),
-        vision_patch_size=int(conv[-1]),
-        context_length=int(_need(sub, "positional_embedding")[0]),
-        vocab_size=int(_need(sub, "token_embedding.weight")[0]),
-        transformer_width=int(_need(sub, "ln_final.weight")[0]),
-        transformer_layers=_count(keys, r"transformer\.resblocks\.(\d+)\."),
-    )
-    if geometry.vision_layers < 1 or geometry.transformer_layers < 1:
-        raise LayoutError(f"no transformer blocks under {prefix}visual.transformer / {prefix}transformer")
-    return geometry
-
-
 def infer_head_geometry(shapes: Mapping[str, Shape]) -> HeadGeometry:
     """Counts and widths of the DSANet part; raises ``LayoutError`` when a defining key is absent."""
     keys = list(shapes)
-    pos = _need(shapes, "frame_position_embeddings.weight")
-    protos = _need(shapes, f"{SGNM_PREFIX}video_prototypes")
-    adapters = _count(keys, re.escape(ADAPTER_PREFIX) + r"(\d+)\.")
+    pos = need_shape(shapes, "frame_position_embeddings.weight")
+    protos = need_shape(shapes, f"{SGNM_PREFIX}video_prototypes")
+    adapters = count_indices(keys, re.escape(ADAPTER_PREFIX) + r"(\d+)\.")
     if adapters < 1:
         raise LayoutError(f"missing {ADAPTER_PREFIX}*: no text adapters")
     return HeadGeometry(visual_width=int(pos[1]), visual_length=int(pos[0]),
-                        visual_layers=_count(keys, r"temporal\.resblocks\.(\d+)\."),
+                        visual_layers=count_indices(keys, r"temporal\.resblocks\.(\d+)\."),
                         text_adapt_until=adapters - 1, num_prototypes=int(protos[0]),
-                        decoder_depth=_count(keys, re.escape(SGNM_PREFIX) + r"decoder\.(\d+)\."))
+                        decoder_depth=count_indices(keys, re.escape(SGNM_PREFIX) + r"decoder\.(\d+)\."))
 
 
 def guess_preset(head: HeadGeometry) -> str | None:

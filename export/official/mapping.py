@@ -17,107 +17,15 @@ from typing import Any
 
 import torch
 
+from engine.clip_formats import build_text_model, build_vision_model
 from engine.model.config import DSANetConfig
 from export.official.layout import ADAPTER_PREFIX, SGNM_PREFIX, ClipGeometry, HeadGeometry
 
-SOT_ID, EOT_ID = 49406, 49407
+__all__ = ["build_dsanet", "build_text_model", "build_vision_model", "head_state", "model_config"]
 
 
 def _f32(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to(torch.float32).contiguous()
-
-
-def _hf_block(src: Mapping[str, torch.Tensor], s: str, d: str, out: dict[str, torch.Tensor]) -> None:
-    """One OpenAI residual block (prefix ``s``) -> one HF CLIPEncoderLayer (prefix ``d``)."""
-    q, k, v = _f32(src[f"{s}attn.in_proj_weight"]).chunk(3, dim=0)
-    qb, kb, vb = _f32(src[f"{s}attn.in_proj_bias"]).chunk(3, dim=0)
-    for name, w, b in (("q_proj", q, qb), ("k_proj", k, kb), ("v_proj", v, vb)):
-        out[f"{d}self_attn.{name}.weight"] = w.contiguous()
-        out[f"{d}self_attn.{name}.bias"] = b.contiguous()
-    pairs = (("attn.out_proj", "self_attn.out_proj"), ("ln_1", "layer_norm1"), ("ln_2", "layer_norm2"),
-             ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2"))
-    for a, b in pairs:
-        out[f"{d}{b}.weight"] = _f32(src[f"{s}{a}.weight"])
-        out[f"{d}{b}.bias"] = _f32(src[f"{s}{a}.bias"])
-
-
-def text_config(g: ClipGeometry) -> Any:
-    from transformers import CLIPTextConfig
-
-    return CLIPTextConfig(vocab_size=g.vocab_size, hidden_size=g.transformer_width,
-                          intermediate_size=4 * g.transformer_width, num_hidden_layers=g.transformer_layers,
-                          num_attention_heads=g.transformer_heads, max_position_embeddings=g.context_length,
-                          hidden_act="quick_gelu", layer_norm_eps=1e-5, projection_dim=g.embed_dim,
-                          bos_token_id=SOT_ID, eos_token_id=EOT_ID, pad_token_id=EOT_ID)
-
-
-def vision_config(g: ClipGeometry) -> Any:
-    from transformers import CLIPVisionConfig
-
-    return CLIPVisionConfig(hidden_size=g.vision_width, intermediate_size=4 * g.vision_width,
-                            num_hidden_layers=g.vision_layers, num_attention_heads=g.vision_heads,
-                            image_size=g.image_resolution, patch_size=g.vision_patch_size,
-                            projection_dim=g.embed_dim, hidden_act="quick_gelu", layer_norm_eps=1e-5)
-
-
-def clip_to_hf_text(clip: Mapping[str, torch.Tensor], g: ClipGeometry) -> dict[str, torch.Tensor]:
-    """OpenAI CLIP (unprefixed keys) -> ``CLIPTextModel`` state dict."""
-    out: dict[str, torch.Tensor] = {
-        "text_model.embeddings.token_embedding.weight": _f32(clip["token_embedding.weight"]),
-        "text_model.embeddings.position_embedding.weight": _f32(clip["positional_embedding"]),
-        "text_model.final_layer_norm.weight": _f32(clip["ln_final.weight"]),
-        "text_model.final_layer_norm.bias": _f32(clip["ln_final.bias"]),
-    }
-    for i in range(g.transformer_layers):
-        _hf_block(clip, f"transformer.resblocks.{i}.", f"text_model.encoder.layers.{i}.", out)
-    return out
-
-
-def clip_to_hf_vision(clip: Mapping[str, torch.Tensor], g: ClipGeometry) -> dict[str, torch.Tensor]:
-    """OpenAI CLIP (unprefixed keys) -> ``CLIPVisionModelWithProjection`` state dict."""
-    v = "vision_model."
-    out: dict[str, torch.Tensor] = {
-        f"{v}embeddings.class_embedding": _f32(clip["visual.class_embedding"]),
-        f"{v}embeddings.patch_embedding.weight": _f32(clip["visual.conv1.weight"]),
-        f"{v}embeddings.position_embedding.weight": _f32(clip["visual.positional_embedding"]),
-        f"{v}pre_layrnorm.weight": _f32(clip["visual.ln_pre.weight"]),
-        f"{v}pre_layrnorm.bias": _f32(clip["visual.ln_pre.bias"]),
-        f"{v}post_layernorm.weight": _f32(clip["visual.ln_post.weight"]),
-        f"{v}post_layernorm.bias": _f32(clip["visual.ln_post.bias"]),
-        "visual_projection.weight": _f32(clip["visual.proj"]).t().contiguous(),
-    }
-    for i in range(g.vision_layers):
-        _hf_block(clip, f"visual.transformer.resblocks.{i}.", f"{v}encoder.layers.{i}.", out)
-    return out
-
-
-def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> torch.nn.Module:
-    """Load exactly ``state``; module prefixes that differ across transformers versions are reconciled."""
-    own = module.state_dict()
-    for prefix in ("text_model.", "vision_model."):
-        if not any(k.startswith(prefix) for k in own):  # transformers 5 flattens CLIPTextModel
-            state = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state.items()}
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise KeyError(f"{what}: mapping left keys missing {missing[:3]} / unexpected {unexpected[:3]}")
-    module.load_state_dict(state, strict=True)
-    return module.eval()
-
-
-def build_text_model(clip: Mapping[str, torch.Tensor], g: ClipGeometry) -> Any:
-    """A frozen ``CLIPTextModel`` holding the checkpoint's text tower."""
-    from transformers import CLIPTextModel
-
-    return _load_strict(CLIPTextModel(text_config(g)), clip_to_hf_text(clip, g), "CLIP text tower")
-
-
-def build_vision_model(clip: Mapping[str, torch.Tensor], g: ClipGeometry) -> Any:
-    """A ``CLIPVisionModelWithProjection`` holding the checkpoint's image tower."""
-    from transformers import CLIPVisionModelWithProjection
-
-    return _load_strict(CLIPVisionModelWithProjection(vision_config(g)), clip_to_hf_vision(clip, g),
-                        "CLIP image tower")
 
 
 def head_state(state: Mapping[str, torch.Tensor], h: HeadGeometry) -> dict[str, torch.Tensor]:
