@@ -198,16 +198,7 @@ def write_hf_folder(state: dict[str, Any], out: Path, source: str) -> Path:
     tmp.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(str(tmp))
     save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    vocab = tok.encoder
-    (tmp / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    merges = sorted(tok.ranks, key=tok.ranks.__getitem__)
-    (tmp / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n",
-                                    encoding="utf-8")
-    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
-               "pad_token": "<|endoftext|>"}
-    (tmp / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "CLIPTokenizer", "model_max_length":
-                                                           g.context_length, "do_lower_case": True, **special}))
-    (tmp / "special_tokens_map.json").write_text(json.dumps(special))
+    write_tokenizer_files(tok, tmp, g.context_length)
     (tmp / "preprocessor_config.json").write_text(json.dumps({
         "image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": g.image_resolution},
         "resample": 3, "do_center_crop": True, "crop_size": {"height": g.image_resolution, "width": g.image_resolution},
@@ -220,6 +211,21 @@ def write_hf_folder(state: dict[str, Any], out: Path, source: str) -> Path:
         shutil.rmtree(out)
     os.replace(tmp, out)
     return out
+
+
+def write_tokenizer_files(tok: Any, folder: Path, context_length: int = 77) -> Path:
+    """OpenAI's vocabulary as Hugging Face CLIPTokenizer files (vocab.json, merges.txt, configs)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(tok.encoder), encoding="utf-8")
+    merges = sorted(tok.ranks, key=tok.ranks.__getitem__)
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n",
+                                       encoding="utf-8")
+    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+               "pad_token": "<|endoftext|>"}
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "CLIPTokenizer", "model_max_length":
+                                                              context_length, "do_lower_case": True, **special}))
+    (folder / "special_tokens_map.json").write_text(json.dumps(special))
+    return folder
 
 
 def geometry_of(state: dict[str, Any], source: str) -> ClipGeometry:
