@@ -179,7 +179,7 @@ def build_vision_model(clip: Mapping[str, torch.Tensor], g: ClipGeometry) -> Any
                         "CLIP image tower")
 
 
-def write_hf_folder(state: dict[str, Any], out: Path, source: str) -> Path:
+def write_hf_folder(state: dict[str, Any], out: Path, source: str, digest: str = "") -> Path:
     """Write OpenAI-layout CLIP tensors as a Hugging Face CLIP folder (see the module docstring)."""
     from safetensors.torch import save_file
     from transformers import CLIPConfig
@@ -204,7 +204,7 @@ def write_hf_folder(state: dict[str, Any], out: Path, source: str) -> Path:
         "resample": 3, "do_center_crop": True, "crop_size": {"height": g.image_resolution, "width": g.image_resolution},
         "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "do_convert_rgb": True,
         "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD)}))
-    (tmp / CONVERTED_MARKER).write_text(source + "\n")
+    (tmp / CONVERTED_MARKER).write_text(f"{source}\nsha256 {digest}\n")
     if out.exists():
         import shutil
 
@@ -257,5 +257,5 @@ def convert_clip_file(path: str | os.PathLike[str], cache_dir: str | os.PathLike
     if marker.is_file() and digest in marker.read_text():
         return out
     state = read_clip_file(p)
-    write_hf_folder(state, out, f"{p.name} sha256 {digest}")
+    write_hf_folder(state, out, str(p), digest)
     return out
