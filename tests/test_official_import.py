@@ -8,6 +8,7 @@ must reproduce the official outputs within 1e-4 on the valid rows.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -308,3 +309,25 @@ def test_a_foreign_clip_file_is_one_line(tmp_path: Path) -> None:
     torch.save({"layer.weight": torch.zeros(2, 2)}, str(bad))
     with pytest.raises(ClipLoadError, match=r"weights\.pt: not an OpenAI/open_clip ViT CLIP checkpoint"):
         resolve_clip_dir(bad)
+
+
+# --- dsanet eval on an official checkpoint or a bundle ---------------------------------------------------
+def test_eval_takes_an_official_checkpoint_and_its_bundle(ucf_checkpoint: Path, ucf_bundle: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from stream.cli import main
+
+    data = tmp_path / "data"
+    assert main(["synth-features", "--out", str(data), "--preset", "ucf", "--videos", "16", "--seed", "3"]) == 0
+    figures = []
+    for i, source in enumerate((ucf_checkpoint, ucf_bundle)):
+        out = tmp_path / f"eval{i}.json"
+        assert main(["eval", "--checkpoint", str(source), "-c", "ucf", "--data-root", str(data), "--json", str(out),
+                     "--no-progress"]) == 0
+        assert "AUC" in capsys.readouterr().out
+        figures.append(json.loads(out.read_text()))
+    torch_fig, onnx_fig = figures
+    assert torch_fig["n_videos"] == onnx_fig["n_videos"] >= 4
+    assert abs(torch_fig["auc"] - onnx_fig["auc"]) <= 1e-4 and abs(torch_fig["ap"] - onnx_fig["ap"]) <= 1e-4
+    # a trainer checkpoint still needs its CLIP, and the bundle must match the preset's classes
+    assert main(["eval", "--checkpoint", str(ucf_bundle), "-c", "xd", "--data-root", str(data), "--no-progress"]) == 2
+    assert "not the xd test classes" in capsys.readouterr().err
