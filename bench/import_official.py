@@ -87,7 +87,7 @@ def main() -> int:
         figures[variant] = r | {"process_s": total}
         print(f"  {variant}: bundle {out}")
     print()
-    print(table(["encoder", "import s", "process s", "peak RSS GiB", "bundle MiB", "head max|diff|", "encoder min cos"],
+    print(table(["encoder", "import s", "process s", "peak RSS GiB", "bundle MiB", "head max abs diff", "encoder min cos"],
                 rows))
     print("\n(process s includes interpreter start and imports; the machine is shared with parallel work)")
     fp = figures["fp32"]
