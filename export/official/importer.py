@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 DEFAULT_FPS = {"ucf": 30.0, "xd": 24.0}  # frame rates of the benchmark videos the features came from
 
 
-class ImportError_(DsanetError):  # noqa: N801 - avoid shadowing the builtin ImportError
+class ImportTargetError(DsanetError):
     """The output directory or the options of an import are unusable."""
 
 
@@ -52,7 +52,7 @@ def import_official(checkpoint: str | os.PathLike[str], preset: str, out_dir: st
 
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise ImportError_(f"{out} exists and is not empty (use --force to replace it)")
+        raise ImportTargetError(f"{out} exists and is not empty (use --force to replace it)")
     path = Path(checkpoint)
     ck = load_official(path, preset)
     for note in ck.notes:

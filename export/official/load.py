@@ -132,8 +132,9 @@ def validate(state: dict[str, Any], path: Path, preset: str) -> OfficialCheckpoi
     if preset not in PRESET_HEADS:
         raise OfficialCheckpointError(f"{path}: unknown preset {preset!r} (expected 'ucf' or 'xd')")
     keys = list(state)
-    if "text_prompt_embeddings.weight" in state or ("clipmodel.token_embedding.weight" in state and
-                                                    not any(k.startswith(SGNM_PREFIX) for k in keys)):
+    dsanet_parts = any(k.startswith((SGNM_PREFIX, ADAPTER_PREFIX)) for k in keys)
+    if "text_prompt_embeddings.weight" in state or (f"{CLIP_PREFIX}token_embedding.weight" in state
+                                                    and not dsanet_parts):
         raise OfficialCheckpointError(f"{path}: a VadCLIP checkpoint (learnt text prompt, no SGNM "
                                       "video_anomaly_refiner.*), not DSANet's: import-official takes the DSANet "
                                       "weights the DSANet authors released")
