@@ -189,9 +189,9 @@ def test_truncated_and_foreign_files_fail_in_one_line(ucf_checkpoint: Path, tmp_
     text = tmp_path / "notes.pth"
     text.write_text("not a checkpoint")
     for bad in (cut, text, tmp_path / "absent.pth"):
-        assert main(["import-official", str(bad), "--preset", "ucf", "--out", str(tmp_path / "o")]) == 1
+        assert main(["import-official", str(bad), "--preset", "ucf", "--out", str(tmp_path / "o")]) == 2
         err = capsys.readouterr().err.strip()
-        assert err.startswith(f"error: {bad}:") and "\n" not in err and "Traceback" not in err
+        assert err.startswith(f"dsanet import-official: {bad}:") and "\n" not in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
 
 

@@ -3,30 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 
 
 def _run(args: argparse.Namespace) -> int:
+    """Errors are reported by ``stream.cli.main``: 2 for a bad file or option, 1 when export or parity fails."""
     from engine.errors import DsanetError
     from export.official.importer import import_official
-    from export.onnx_export import ParityError, describe_bundle
 
     if args.max_batch < 1:
-        print("error: --max-batch must be >= 1", file=sys.stderr)
-        return 2
-    try:
-        bundle = import_official(args.checkpoint, args.preset, args.out, encoder_int8=args.encoder_int8,
-                                 force=args.force, name=args.name, snippet_fps=args.snippet_fps,
-                                 max_batch=args.max_batch, torch_weights=not args.no_torch_weights)
-    except ParityError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        print(json.dumps(exc.figures, indent=2), file=sys.stderr)
-        return 1
-    except DsanetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(describe_bundle(bundle))
+        raise DsanetError("--max-batch must be >= 1")
+    bundle = import_official(args.checkpoint, args.preset, args.out, encoder_int8=args.encoder_int8,
+                             force=args.force, name=args.name, snippet_fps=args.snippet_fps,
+                             max_batch=args.max_batch, torch_weights=not args.no_torch_weights)
+    print(bundle.describe())
     return 0
 
 

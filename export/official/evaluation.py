@@ -76,7 +76,7 @@ def evaluate_source(path: str | os.PathLike[str], rows: Sequence[Any], gt: Any, 
         return evaluate_outputs(scores, probs, gt, preset)
     if kind == OFFICIAL:
         from export.official.importer import load_official_model
-        from export.trainer import evaluate_model
+        from export.model_eval import evaluate_model
 
         model = load_official_model(path, preset).to(device)
         return evaluate_model(model, rows, gt, preset, device, batch_size, progress=progress)

@@ -23,7 +23,7 @@ from export.official.load import OfficialCheckpoint, load_official, sha256_of
 
 log = logging.getLogger(__name__)
 
-DEFAULT_FPS = {"ucf": 30.0, "xd": 24.0}  # frame rates of the benchmark videos the features came from
+DEFAULT_FPS = {"ucf": 30.0, "xd": 24.0}  # frame rates of the benchmark videos the features came from (as export)
 
 
 class ImportTargetError(DsanetError):
@@ -48,7 +48,7 @@ def import_official(checkpoint: str | os.PathLike[str], preset: str, out_dir: st
                     snippet_fps: float | None = None, max_batch: int = 64, torch_weights: bool = True) -> Bundle:
     """The ``dsanet import-official`` pipeline; returns the loaded, validated bundle."""
     from export.official.mapping import build_vision_model
-    from export.onnx_export import ExportOptions, write_bundle
+    from export.bundle_writer import ExportOptions, write_bundle
 
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
