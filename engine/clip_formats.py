@@ -95,9 +95,9 @@ def _hf_block(src: Mapping[str, torch.Tensor], s: str, d: str, out: dict[str, to
         out[f"{d}self_attn.{name}.bias"] = b.contiguous()
     pairs = (("attn.out_proj", "self_attn.out_proj"), ("ln_1", "layer_norm1"), ("ln_2", "layer_norm2"),
              ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2"))
-    for a, b in pairs:
-        out[f"{d}{b}.weight"] = _f32(src[f"{s}{a}.weight"])
-        out[f"{d}{b}.bias"] = _f32(src[f"{s}{a}.bias"])
+    for theirs, ours in pairs:
+        out[f"{d}{ours}.weight"] = _f32(src[f"{s}{theirs}.weight"])
+        out[f"{d}{ours}.bias"] = _f32(src[f"{s}{theirs}.bias"])
 
 
 def text_config(g: ClipGeometry) -> Any:

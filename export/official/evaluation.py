@@ -75,8 +75,8 @@ def evaluate_source(path: str | os.PathLike[str], rows: Sequence[Any], gt: Any, 
         scores, probs = score_bundle(path, rows, preset, progress)
         return evaluate_outputs(scores, probs, gt, preset)
     if kind == OFFICIAL:
-        from export.official.importer import load_official_model
         from export.model_eval import evaluate_model
+        from export.official.importer import load_official_model
 
         model = load_official_model(path, preset).to(device)
         return evaluate_model(model, rows, gt, preset, device, batch_size, progress=progress)

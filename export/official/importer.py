@@ -47,8 +47,8 @@ def import_official(checkpoint: str | os.PathLike[str], preset: str, out_dir: st
                     encoder_int8: bool = False, force: bool = False, name: str | None = None,
                     snippet_fps: float | None = None, max_batch: int = 64, torch_weights: bool = True) -> Bundle:
     """The ``dsanet import-official`` pipeline; returns the loaded, validated bundle."""
-    from export.official.mapping import build_vision_model
     from export.bundle_writer import ExportOptions, write_bundle
+    from export.official.mapping import build_vision_model
 
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
