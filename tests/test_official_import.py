@@ -9,6 +9,7 @@ must reproduce the official outputs within 1e-4 on the valid rows.
 from __future__ import annotations
 
 import json
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -188,11 +189,21 @@ def test_truncated_and_foreign_files_fail_in_one_line(ucf_checkpoint: Path, tmp_
     cut.write_bytes(ucf_checkpoint.read_bytes()[: 1 << 20])
     text = tmp_path / "notes.pth"
     text.write_text("not a checkpoint")
-    for bad in (cut, text, tmp_path / "absent.pth"):
+    evil = tmp_path / "evil.pth"  # a pickle that would create a file if it were ever unpickled
+    evil.write_bytes(pickle.dumps(_Boom(str(tmp_path / "PWNED"))))
+    for bad in (cut, text, evil, tmp_path / "absent.pth"):
         assert main(["import-official", str(bad), "--preset", "ucf", "--out", str(tmp_path / "o")]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"dsanet import-official: {bad}:") and "\n" not in err and "Traceback" not in err
-    assert not (tmp_path / "o").exists()
+    assert not (tmp_path / "o").exists() and not (tmp_path / "PWNED").exists()
+
+
+class _Boom:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple:
+        return (open, (self.path, "w"))
 
 
 def test_full_size_geometry_is_inferred_like_build_model() -> None:
