@@ -35,8 +35,14 @@ def _yaml() -> Any:
 
 
 def file_writable(path: Path) -> bool:
-    """Whether an atomic rewrite can work: the file and its folder are writable by us."""
-    return path.is_file() and os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
+    """Whether we may rewrite the file: it and its folder are writable by us, and the operator has not
+    made it read-only (no write bit at all: ``chmod a-w``, which root's ``os.access`` would ignore)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return (stat.S_ISREG(mode) and bool(mode & 0o222) and os.access(path, os.W_OK)
+            and os.access(path.parent, os.W_OK))
 
 
 class ConfigFile:
