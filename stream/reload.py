@@ -130,7 +130,7 @@ def apply_plan(plan: ReloadPlan, control: ServiceControl) -> ReloadReport:
 
         step(f"restart camera {c.name!r}", again)
     for c in plan.add:
-        step(f"add camera {c.name!r}", lambda c=c: control.add_camera(c))
+        step(f"add camera {c.name!r} ({redact(c.url)})", lambda c=c: control.add_camera(c))
     for n in plan.enable:
         step(f"enable camera {n!r}", lambda n=n: control.set_camera_enabled(n, True))
     for n in plan.disable:
