@@ -130,7 +130,7 @@ def test_dsanet_reload_command_against_a_running_server(tmp_path: Path) -> None:
     s = Site(tmp_path)
     try:
         port = s.server.port
-        s.path.write_text(DEPLOYMENT.replace("model:", f"  - name: gate\n    url: rtsp://127.0.0.1/gate\nmodel:")
+        s.path.write_text(DEPLOYMENT.replace("model:", "  - name: gate\n    url: rtsp://127.0.0.1/gate\nmodel:")
                           + f"metrics:\n  port: {port}\n")
         res = subprocess.run([sys.executable, "-m", "stream.cli", "reload", "-c", str(s.path)], capture_output=True,
                              text=True, cwd=ROOT, timeout=60)
