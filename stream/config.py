@@ -238,6 +238,10 @@ class MqttSinkConfig(_SinkBase):
     keepalive: int = Field(30, ge=5, description="Keep-alive seconds.")
     publish_scores: bool = Field(True, description="Publish the current score per camera (QoS 0).")
     score_interval: float = Field(1.0, ge=0, description="Minimum seconds between two score messages of a camera.")
+    home_assistant: bool = Field(False, description=(
+        "Publish Home Assistant MQTT discovery: each camera appears as an anomaly binary sensor with "
+        "score and category sensors."))
+    discovery_prefix: str = Field("homeassistant", min_length=1, description="Home Assistant's discovery prefix.")
 
 
 SinkConfig = Annotated[
