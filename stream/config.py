@@ -588,17 +588,19 @@ def parse_camera(raw: Any, cfg: DeploymentConfig, base: Path | None = None) -> C
             path = ("cameras", index, *_error_path(tuple(err["loc"]), data))
             found.append(f"{_fmt_path(path)}: {_describe(err)}")
         raise ConfigError("camera", _ordered([(0, f) for f in found])) from None
-    taken = {c.name.lower(): i for i, c in enumerate(cfg.cameras)}
-    if cam.name.lower() in taken:
-        found.append(f"cameras[{index}].name: duplicate camera name {cam.name!r} "
-                     f"(first used by cameras[{taken[cam.name.lower()]}])")
-    w, e = cfg.window_for(cam), cfg.events_for(cam)
-    if w.lookahead >= w.length:
-        found.append(f"cameras[{index}].window: lookahead ({w.lookahead}) must be smaller than length ({w.length})")
-    if e.off_threshold > e.on_threshold:
-        found.append(f"cameras[{index}].events: off_threshold must be <= on_threshold")
     if found:
         raise ConfigError("camera", found)
+    # the deployment with this camera appended, through the file's own whole-deployment checks
+    whole = cfg.model_dump()
+    whole["cameras"] = [c.model_dump() for c in (*cfg.cameras, cam)]
+    try:
+        DeploymentConfig.model_validate(whole)
+    except ValidationError as exc:
+        for err in exc.errors():
+            msg = _describe(err)
+            m = re.match(r"^([A-Za-z_][\w\[\].]*): (.*)$", msg)
+            found.append(msg if m else f"{_fmt_path(tuple(err['loc']))}: {msg}")
+        raise ConfigError("camera", _ordered([(0, f) for f in found])) from None
     return resolve_camera_path(cam, base) if base is not None else cam
 
 
