@@ -31,11 +31,15 @@ def register(subparsers: Any) -> None:
 
 
 def _target(args: argparse.Namespace) -> tuple[str, str | None]:
+    from engine.errors import DsanetError
     from stream.config import load_config
 
     if args.url:
         return args.url.rstrip("/"), os.environ.get("DSANET_HTTP_TOKEN")
     cfg = load_config(args.config)
+    if cfg.http_port == 0:
+        raise DsanetError(f"{args.config}: the service picked its HTTP port at start (port 0); pass the "
+                          f"address it printed with --url, or --pid")
     host = cfg.http_host
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"

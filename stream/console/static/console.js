@@ -45,9 +45,12 @@ function cameraCard(name) {
   });
   $(".toggle", el).addEventListener("click", () => change(c, () => api(`/cameras/${encodeURIComponent(name)}`,
     {method: "PATCH", body: JSON.stringify({enabled: !(c.snap && c.snap.enabled)})})));
-  $(".save-thresholds", el).addEventListener("click", () => {
+  for (const input of [$(".on", el), $(".off", el)]) input.addEventListener("input", () => { input.dataset.dirty = "1"; });
+  $(".save-thresholds", el).addEventListener("click", async () => {
     const body = {on_threshold: Number($(".on", el).value), off_threshold: Number($(".off", el).value)};
-    return change(c, () => api(`/cameras/${encodeURIComponent(name)}`, {method: "PATCH", body: JSON.stringify(body)}));
+    if (await change(c, () => api(`/cameras/${encodeURIComponent(name)}`, {method: "PATCH", body: JSON.stringify(body)}))) {
+      for (const input of [$(".on", el), $(".off", el)]) delete input.dataset.dirty;
+    }
   });
   api(`/cameras/${encodeURIComponent(name)}/scores`).then(r => {
     c.points = r.scores.map(s => ({time: s.time, score: s.score})).concat(c.points);
@@ -64,8 +67,10 @@ async function change(c, fn) {
     const r = await fn();
     if (r && r.note) showPersist(r.note);
     if (r && r.camera && r.camera.state) updateCamera(r.camera);
+    return true;
   } catch (e) {
     $(".cam-error", c.el).textContent = e.problems.join("; ");
+    return false;
   }
 }
 
@@ -89,8 +94,8 @@ function updateCamera(s) {
   $(".lag", el).textContent = s.lag_seconds === null ? "" : `lag ${fmt(s.lag_seconds, 2)} s`;
   $(".toggle", el).textContent = s.enabled ? "disable" : "enable";
   for (const [cls, key] of [[".on", "on_threshold"], [".off", "off_threshold"]]) {
-    const input = $(cls, el);
-    if (document.activeElement !== input) input.value = s[key];
+    const input = $(cls, el);  // an edit the operator has not saved yet is never overwritten
+    if (document.activeElement !== input && !input.dataset.dirty) input.value = s[key];
   }
   if (s.score !== null && !c.points.length) $(".score-value", el).textContent = fmt(s.score, 3);
   if (s.category) $(".category", el).textContent = s.category;
@@ -169,8 +174,11 @@ function drawTimeline(c) {
   const canvas = $(".timeline", c.el);
   const latest = c.points.length ? c.points[c.points.length - 1].time : Date.now() / 1000;
   const t1 = Math.max(Date.now() / 1000 - 30, latest);
+  // a camera that started a moment ago fills its chart; the span grows up to WINDOW_SECONDS
+  const first = c.points.length ? c.points[0].time : t1;
+  const span = Math.min(WINDOW_SECONDS, Math.max(30, t1 - first + 2));
   const s = c.snap || {};
-  drawCurve(canvas, c.points, t1 - WINDOW_SECONDS, t1, s.on_threshold, s.off_threshold);
+  drawCurve(canvas, c.points, t1 - span, t1, s.on_threshold, s.off_threshold);
 }
 
 function refreshFilter() {
