@@ -410,3 +410,20 @@ def test_http_section_and_legacy_metrics_port(tmp_path: Path) -> None:
     assert (cfg.http_host, cfg.http_port) == ("0.0.0.0", 9300)
     with pytest.raises(ConfigError, match=r"http.port.*differs from metrics.port"):
         parse_config(base + "metrics: {port: 9200}\nhttp: {port: 9300}\n")
+
+
+def test_other_web_pages_cannot_change_cameras_or_rebind_the_name(site: Site) -> None:
+    cam = {"name": "gate", "url": "rtsp://127.0.0.1/gate"}
+    # a hostile page's fetch: cross-origin POST (a "simple" request needs no preflight)
+    code, body = site.call("POST", "/api/v1/cameras", cam, headers={"Origin": "http://evil.example",
+                                                                    "Content-Type": "text/plain"})
+    assert code == 403 and "cross-origin" in body["error"]
+    assert site.call("POST", "/api/v1/reload", headers={"Origin": "null"})[0] == 403
+    assert site.control.calls == []
+    # DNS rebinding: a foreign name resolving to 127.0.0.1 reaches a loopback server
+    code, body = site.call("GET", "/api/v1/cameras", headers={"Host": "evil.example"})
+    assert code == 403 and "not this loopback server" in body["error"]
+    # the console itself (same origin) may
+    host = site.url.removeprefix("http://")
+    code, _ = site.call("POST", "/api/v1/cameras", cam, headers={"Origin": site.url, "Host": host})
+    assert code == 201 and site.control.calls == [("add", "gate")]

@@ -21,7 +21,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from stream.console import api
-from stream.console.auth import TokenAuth
+from stream.console.auth import BrowserGuard, TokenAuth
 from stream.console.sse import Broadcaster
 from stream.console.store import ConsoleStore, score_dict
 from stream.control import ScoreRecord, ServiceControl
@@ -86,8 +86,9 @@ def _plain(ok_detail: tuple[bool, str]) -> Response:
 
 
 def create_app(console: Console | None, metrics: Any, *, token: str | None = None,
-               username: str = "dsanet") -> Any:
-    """The ASGI app. ``console=None`` serves only /metrics, /healthz and /readyz (``http.console: false``)."""
+               username: str = "dsanet", loopback: bool = True) -> Any:
+    """The ASGI app. ``console=None`` serves only /metrics, /healthz and /readyz (``http.console: false``);
+    ``loopback``: the server listens on loopback only (turns on the rebinding check)."""
     routes: list[Any] = [
         Route("/healthz", lambda r: _plain(metrics.health())),
         Route("/readyz", lambda r: _plain(metrics.readiness())),
@@ -119,4 +120,4 @@ def create_app(console: Console | None, metrics: Any, *, token: str | None = Non
     app: Any = Starlette(routes=routes)
     if token is not None:
         app = TokenAuth(app, token, username)
-    return app
+    return BrowserGuard(app, loopback)

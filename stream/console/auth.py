@@ -12,6 +12,7 @@ import base64
 import binascii
 import hmac
 import ipaddress
+import json
 import os
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -78,3 +79,52 @@ class TokenAuth:
             (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
             (b"www-authenticate", b'Basic realm="dsanet", charset="UTF-8"')]})
         await send({"type": "http.response.body", "body": body})
+
+
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for k, v in scope.get("headers", []):
+        if k == name:
+            return v.decode("latin-1")
+    return None
+
+
+def _hostname(netloc: str) -> str:
+    host = netloc.rsplit("@", 1)[-1]
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    return host.split(":", 1)[0]
+
+
+class BrowserGuard:
+    """Keeps other web pages out of the API, which on loopback has no token to protect it.
+
+    * A request whose ``Host`` is not a loopback name while the server listens on loopback is refused
+      (DNS rebinding: a hostile name that resolves to 127.0.0.1).
+    * A state-changing request (POST, PATCH, DELETE) carrying an ``Origin`` other than the server's own
+      is refused (cross-site requests; browsers always send ``Origin`` on those).
+    """
+
+    def __init__(self, app: ASGIApp, loopback: bool) -> None:
+        self.app, self.loopback = app, loopback
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            host = _header(scope, b"host") or ""
+            problem = None
+            if self.loopback and host and _hostname(host).lower() not in LOOPBACK_NAMES:
+                problem = f"host {host!r} is not this loopback server"
+            elif scope.get("method") in UNSAFE_METHODS:
+                origin = _header(scope, b"origin")
+                if origin is not None and (origin == "null" or origin.split("://", 1)[-1] != host):
+                    problem = "cross-origin changes are refused"
+            if problem is not None:
+                body = json.dumps({"error": problem}).encode()
+                await send({"type": "http.response.start", "status": 403, "headers": [
+                    (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)

@@ -13,7 +13,7 @@ from typing import Any
 
 from stream.config import DeploymentConfig
 from stream.console.app import Console, create_app
-from stream.console.auth import token_for
+from stream.console.auth import is_loopback, token_for
 from stream.console.server import HttpServer
 from stream.control import ServiceControl
 from stream.reload import LiveConfig
@@ -63,7 +63,7 @@ def start_console(control: ServiceControl, metrics: Any, cfg: DeploymentConfig, 
         console = Console(control, live, metrics, evidence_dir=cfg.evidence.directory if cfg.evidence.enabled else None,
                           max_events=cfg.http.event_history, version=version, model_info=model_info,
                           categories=categories)
-    app = create_app(console, metrics, token=token, username=cfg.http.username)
+    app = create_app(console, metrics, token=token, username=cfg.http.username, loopback=is_loopback(host))
     server = HttpServer(app, host, port, on_close=console.close if console is not None else None)
     log.info("http on %s: /metrics /healthz /readyz%s%s", server.url, " /api/v1 and the console at /"
              if console is not None else "", " (token required)" if token else "")
