@@ -427,3 +427,33 @@ def test_other_web_pages_cannot_change_cameras_or_rebind_the_name(site: Site) ->
     host = site.url.removeprefix("http://")
     code, _ = site.call("POST", "/api/v1/cameras", cam, headers={"Origin": site.url, "Host": host})
     assert code == 201 and site.control.calls == [("add", "gate")]
+
+
+def test_start_console_from_the_deployment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from stream.console.wiring import start_console
+
+    path = tmp_path / "deployment.yaml"
+    path.write_text(DEPLOYMENT + "metrics:\n  port: 0\nhttp:\n  console: false\n")
+    cfg = load_config(path)
+    control = FakeControl(cfg.cameras)
+    handle = start_console(control, Metrics(), cfg, path)
+    try:
+        assert handle.console is None and handle.live is None and control.listeners == []
+        with urllib.request.urlopen(handle.url + "/metrics", timeout=5) as r:
+            assert r.status == 200
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(handle.url + "/api/v1/cameras", timeout=5)
+        assert err.value.code == 404
+    finally:
+        handle.close()
+    monkeypatch.delenv("DSANET_HTTP_TOKEN", raising=False)
+    exposed = load_config(path).model_copy(update={"http": cfg.http.model_copy(update={"host": "0.0.0.0"})})
+    with pytest.raises(DsanetError, match="needs an access token: set the environment variable DSANET_HTTP_TOKEN"):
+        start_console(control, Metrics(), exposed, path)
+    handle = start_console(control, Metrics(), load_config(path).model_copy(
+        update={"http": cfg.http.model_copy(update={"console": True})}), path)
+    try:
+        assert handle.live is not None and handle.live.persistent and len(control.listeners) == 1
+    finally:
+        handle.close()
+    assert control.listeners == []  # closing the console removes its listener
