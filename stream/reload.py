@@ -18,6 +18,7 @@ window) are reported in ``restart_needed`` and left as they run.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -82,7 +83,10 @@ def plan_reload(old: DeploymentConfig, new: DeploymentConfig) -> ReloadPlan:
     news = {c.name: c for c in new.cameras}
     remove = tuple(n for n in olds if n not in news)
     add = tuple(c for n, c in news.items() if n not in olds)
-    restart, enable, disable, thresholds = [], [], [], []
+    restart: list[CameraConfig] = []
+    enable: list[str] = []
+    disable: list[str] = []
+    thresholds: list[tuple[str, float, float]] = []
     for name, nc in news.items():
         oc = olds.get(name)
         if oc is None:
@@ -109,6 +113,11 @@ class ReloadReport:
         return {"applied": self.applied, "errors": self.errors, "restart_needed": self.restart_needed}
 
 
+def _restart(control: ServiceControl, camera: CameraConfig) -> None:
+    control.remove_camera(camera.name)
+    control.add_camera(camera)
+
+
 def apply_plan(plan: ReloadPlan, control: ServiceControl) -> ReloadReport:
     """Apply a plan step by step; a failing step is reported and the others still run."""
     rep = ReloadReport(restart_needed=list(plan.restart_needed))
@@ -122,22 +131,18 @@ def apply_plan(plan: ReloadPlan, control: ServiceControl) -> ReloadReport:
             rep.errors.append(f"{what}: {redact(str(msg))}")
 
     for n in plan.remove:
-        step(f"remove camera {n!r}", lambda n=n: control.remove_camera(n))
+        step(f"remove camera {n!r}", functools.partial(control.remove_camera, n))
     for c in plan.restart:
-        def again(c: CameraConfig = c) -> None:
-            control.remove_camera(c.name)
-            control.add_camera(c)
-
-        step(f"restart camera {c.name!r}", again)
+        step(f"restart camera {c.name!r}", functools.partial(_restart, control, c))
     for c in plan.add:
-        step(f"add camera {c.name!r} ({redact(c.url)})", lambda c=c: control.add_camera(c))
+        step(f"add camera {c.name!r} ({redact(c.url)})", functools.partial(control.add_camera, c))
     for n in plan.enable:
-        step(f"enable camera {n!r}", lambda n=n: control.set_camera_enabled(n, True))
+        step(f"enable camera {n!r}", functools.partial(control.set_camera_enabled, n, True))
     for n in plan.disable:
-        step(f"disable camera {n!r}", lambda n=n: control.set_camera_enabled(n, False))
+        step(f"disable camera {n!r}", functools.partial(control.set_camera_enabled, n, False))
     for n, on, off in plan.thresholds:
         step(f"camera {n!r}: on_threshold {on:g}, off_threshold {off:g}",
-             lambda n=n, on=on, off=off: control.set_thresholds(n, on, off))
+             functools.partial(control.set_thresholds, n, on, off))
     return rep
 
 

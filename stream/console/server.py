@@ -38,8 +38,7 @@ class HttpServer:
         self._on_close = on_close
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                                 timeout_graceful_shutdown=2, ws="none")
-        self.server = uvicorn.Server(config)
-        self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the service owns signals
+        self.server = uvicorn.Server(config)  # in a non-main thread uvicorn leaves signals to the service
         self._thread = threading.Thread(target=self._serve, name="http", daemon=True)
         self._thread.start()
 

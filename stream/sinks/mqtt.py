@@ -72,8 +72,8 @@ class MqttSink(Sink):
         self._score_lock = threading.Lock()
         self._conn_error_logged = False
         self.scores_published = 0
-        self.home_assistant = bool(getattr(cfg, "home_assistant", False))
-        self.discovery_prefix = str(getattr(cfg, "discovery_prefix", "homeassistant")).rstrip("/")
+        self.home_assistant = bool(cfg.home_assistant)
+        self.discovery_prefix = str(cfg.discovery_prefix).rstrip("/")
         self._announced: set[str] = set()  # cameras whose discovery went out on the current connection
         self._known: set[str] = set()
         self._alarms: dict[str, str] = {}  # camera -> ON/OFF, republished with the discovery
