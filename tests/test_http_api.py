@@ -457,3 +457,12 @@ def test_start_console_from_the_deployment(tmp_path: Path, monkeypatch: pytest.M
     finally:
         handle.close()
     assert control.listeners == []  # closing the console removes its listener
+
+
+def test_added_camera_keeps_env_references_in_the_file(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATE_PW", "hunter2")
+    code, body = site.call("POST", "/api/v1/cameras", {"name": "gate", "url": "rtsp://v:${GATE_PW}@127.0.0.1/g"})
+    assert code == 201 and "hunter2" not in json.dumps(body)
+    assert site.control.cams["gate"]["config"].url == "rtsp://v:hunter2@127.0.0.1/g"  # the service gets the value
+    text = site.path.read_text()
+    assert "rtsp://v:${GATE_PW}@127.0.0.1/g" in text and "hunter2" not in text  # the file keeps the reference
