@@ -66,5 +66,18 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(cfg.logging.level, cfg.logging.format)
     from stream.service import Service
 
-    service = Service(cfg, status_interval=args.status_interval)
+    # the console's one HTTP server serves /metrics, /healthz, /readyz too: the service starts none
+    service = Service(cfg.model_copy(update={"metrics": cfg.metrics.model_copy(update={"enabled": False})}),
+                      status_interval=args.status_interval)
+    if cfg.metrics.enabled:
+        from stream import __version__
+        from stream.console.wiring import start_console
+
+        b = service.models.bundle
+        handle = start_console(service, service.metrics, cfg, path, version=__version__,
+                               model_info=service.model_info,
+                               categories=list(b.display_names or b.class_names)[1:])
+        service.server = handle  # type: ignore[assignment]  # closed as the shutdown's last step
+        handle.install_sighup()
+        print(f"console: {handle.url}/", flush=True)
     return service.run(duration=args.duration)
