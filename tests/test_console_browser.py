@@ -329,7 +329,9 @@ def test_console_in_a_real_browser(tmp_path: Path, rtsp_server: Any, tiny_bundle
             box_cam = phone.locator('article[data-camera="cam-a"]').bounding_box()
             box_ev = phone.locator("#events-section").bounding_box()
             assert box_cam and box_ev and box_cam["width"] <= 390 and box_ev["y"] > box_cam["y"]
-            assert phone.evaluate("document.documentElement.scrollWidth") <= 390
+            wide = phone.evaluate("() => [...document.querySelectorAll('body *')].filter(e => "
+                                  "e.getBoundingClientRect().right > 390.5).map(e => e.tagName + '.' + e.className)")
+            assert phone.evaluate("document.documentElement.scrollWidth") <= 390, wide
             phone.screenshot(path=str(shots / "phone.png"), full_page=True)
 
             # remove through the API: the page drops the card; the removed camera's event ends
