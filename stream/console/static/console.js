@@ -154,12 +154,13 @@ function drawCurve(canvas, points, t0, t1, on, off, span) {
   for (const v of [0, 0.5, 1]) ctx.fillText(v.toFixed(1), 2, y(v) + 3);
   ctx.fillText(`-${Math.round(t1 - t0)} s`, pad.l, h - 3);
   ctx.fillText("now", w - pad.r - 20, h - 3);
-  for (const [v, color, label, dy] of [[on, "#dc2626", "on", -3], [off, "#d97706", "off", 10]]) {
-    if (v === null || v === undefined) continue;
+  const same = on !== null && on !== undefined && Math.abs(on - off) < 0.08;  // one label for both
+  for (const [v, color, label, dy] of [[on, "#dc2626", same ? "on/off" : "on", -3], [off, "#d97706", "off", 10]]) {
+    if (v === null || v === undefined || (same && label === "off")) continue;
     ctx.strokeStyle = color; ctx.setLineDash([5, 4]); ctx.lineWidth = 1;
     ctx.beginPath(); ctx.moveTo(pad.l, y(v)); ctx.lineTo(w - pad.r, y(v)); ctx.stroke();
     ctx.fillStyle = color;
-    ctx.fillText(`${label} ${Number(v).toFixed(2)}`, w - pad.r - 44, Math.min(h - pad.b - 2, Math.max(pad.t + 8, y(v) + dy)));
+    ctx.fillText(`${label} ${Number(v).toFixed(2)}`, w - pad.r - (same ? 62 : 44), Math.min(h - pad.b - 2, Math.max(pad.t + 8, y(v) + dy)));
   }
   ctx.setLineDash([]);
   const pts = points.filter(p => p.time >= t0 - 1 && p.time <= t1 + 1);
