@@ -152,8 +152,14 @@ function drawCurve(canvas, points, t0, t1, on, off, span) {
   }
   ctx.font = "10px system-ui, sans-serif"; ctx.fillStyle = "#667085";
   for (const v of [0, 0.5, 1]) ctx.fillText(v.toFixed(1), 2, y(v) + 3);
-  ctx.fillText(`-${Math.round(t1 - t0)} s`, pad.l, h - 3);
-  ctx.fillText("now", w - pad.r - 20, h - 3);
+  if (span) {  // an event's curve: clock times at both ends
+    const clock = t => new Date(t * 1000).toLocaleTimeString();
+    ctx.fillText(clock(t0), pad.l, h - 3);
+    ctx.fillText(clock(t1), w - pad.r - ctx.measureText(clock(t1)).width, h - 3);
+  } else {
+    ctx.fillText(`-${Math.round(t1 - t0)} s`, pad.l, h - 3);
+    ctx.fillText("now", w - pad.r - 20, h - 3);
+  }
   const same = on !== null && on !== undefined && Math.abs(on - off) < 0.08;  // one label for both
   for (const [v, color, label, dy] of [[on, "#dc2626", same ? "on/off" : "on", -3], [off, "#d97706", "off", 10]]) {
     if (v === null || v === undefined || (same && label === "off")) continue;
