@@ -9,6 +9,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -c constraints.txt -e ".[cpu,train,dev]"
+	$(PY) -m pip install -q --no-deps -c constraints.txt open-clip-torch  # data file only: OpenAI's BPE vocabulary
 	touch $(STAMP)
 
 install: $(STAMP)
