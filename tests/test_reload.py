@@ -146,3 +146,43 @@ def test_dsanet_reload_command_against_a_running_server(tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, "-m", "stream.cli", "reload", "--url", s.url], capture_output=True,
                          text=True, cwd=ROOT, timeout=60)
     assert res.returncode == 1 and "no service answers" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.slow
+def test_sighup_reloads_a_service_without_http_server(tmp_path: Path, clip_factory, tiny_bundle_dir: Path) -> None:
+    """With metrics (and so the HTTP server) off, SIGHUP still reloads instead of ending the process."""
+    import signal
+    import threading
+
+    clip = clip_factory("cam.mp4", width=160, height=120, fps=25, seconds=4.0)
+    path = tmp_path / "deployment.yaml"
+    cams = f"  - name: a\n    url: file://{clip}\n    loop: true\n"
+    body = (f"model: {{bundle: {tiny_bundle_dir}, runtime: onnxruntime, threads: 1}}\n"
+            "window: {length: 8, lookahead: 2}\nmetrics: {enabled: false}\nspool: {directory: spool}\n")
+    path.write_text("cameras:\n" + cams + body)
+    proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "run", "-c", str(path), "--duration", "60",
+                             "--status-interval", "0"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    lines: list[str] = []
+    seen = {"start": threading.Event(), "added": threading.Event()}
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if "watching 1 camera" in line:
+                seen["start"].set()
+            if "reload: add camera 'b'" in line:
+                seen["added"].set()
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        assert seen["start"].wait(120), "".join(lines)
+        path.write_text("cameras:\n" + cams + cams.replace("name: a", "name: b") + body)
+        proc.send_signal(signal.SIGHUP)
+        assert seen["added"].wait(60), "".join(lines)
+        assert proc.poll() is None  # still running: SIGHUP did not end it
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(60)
+    assert code == 0, "".join(lines[-20:])

@@ -80,4 +80,9 @@ def run(args: argparse.Namespace) -> int:
         service.server = handle  # type: ignore[assignment]  # closed as the shutdown's last step
         handle.install_sighup()
         print(f"console: {handle.url}/", flush=True)
+    else:  # no HTTP server: SIGHUP still reloads (instead of ending the process)
+        from stream.console.wiring import reload_on_sighup
+        from stream.reload import LiveConfig
+
+        reload_on_sighup(LiveConfig(cfg, service, path))
     return service.run(duration=args.duration)

@@ -21,6 +21,18 @@ from stream.reload import LiveConfig
 log = logging.getLogger(__name__)
 
 
+def reload_on_sighup(live: LiveConfig) -> Any:
+    """Make SIGHUP reload ``live`` in a thread; returns the previous handler (None where signals cannot be
+    installed: not the main thread, or no SIGHUP on this platform)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGHUP"):
+        return None
+
+    def on_hup(signum: int, frame: Any) -> None:  # noqa: ARG001
+        threading.Thread(target=live.reload, name="reload", daemon=True).start()
+
+    return signal.signal(signal.SIGHUP, on_hup)
+
+
 class ConsoleHandle:
     """What :func:`start_console` started; ``close()`` stops it (the service calls it at its last step)."""
 
@@ -32,16 +44,10 @@ class ConsoleHandle:
 
     def install_sighup(self) -> bool:
         """SIGHUP re-reads the deployment file (main thread only; False where that is not possible)."""
-        if self.live is None or threading.current_thread() is not threading.main_thread() \
-                or not hasattr(signal, "SIGHUP"):
+        if self.live is None:
             return False
-        live = self.live
-
-        def on_hup(signum: int, frame: Any) -> None:  # noqa: ARG001
-            threading.Thread(target=live.reload, name="reload", daemon=True).start()
-
-        self._previous_hup = signal.signal(signal.SIGHUP, on_hup)
-        return True
+        self._previous_hup = reload_on_sighup(self.live)
+        return self._previous_hup is not None
 
     def close(self) -> None:
         if self._previous_hup is not None:
@@ -57,9 +63,9 @@ def start_console(control: ServiceControl, metrics: Any, cfg: DeploymentConfig, 
     with a one-line reason when it cannot listen or needs a token it does not have."""
     host, port = cfg.http_host, cfg.http_port
     token = token_for(host, cfg.http.token_env)
-    console = live = None
+    console = None
+    live = LiveConfig(cfg, control, config_path)  # reloads work with the console off too (SIGHUP)
     if cfg.http.console:
-        live = LiveConfig(cfg, control, config_path)
         console = Console(control, live, metrics, evidence_dir=cfg.evidence.directory if cfg.evidence.enabled else None,
                           max_events=cfg.http.event_history, version=version, model_info=model_info,
                           categories=categories)
