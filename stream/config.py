@@ -293,6 +293,10 @@ class MqttSinkConfig(SinkConfigBase):
     keepalive: int = Field(30, ge=5, description="Keep-alive seconds.")
     publish_scores: bool = Field(True, description="Publish the current score per camera (QoS 0).")
     score_interval: float = Field(1.0, ge=0, description="Minimum seconds between two score messages of a camera.")
+    home_assistant: bool = Field(False, description=(
+        "Publish Home Assistant MQTT discovery: each camera appears as an anomaly binary sensor with "
+        "score and category sensors."))
+    discovery_prefix: str = Field("homeassistant", min_length=1, description="Home Assistant's discovery prefix.")
 
 
 class KafkaSinkConfig(SinkConfigBase):
@@ -321,6 +325,23 @@ class MetricsConfig(_Model):
     enabled: bool = Field(True, description="Serve /metrics, /healthz and /readyz.")
     host: str = Field("127.0.0.1", description="Bind address; loopback unless you mean to expose it.")
     port: int = Field(9108, ge=0, le=65535, description="Port (0 picks a free one).")
+
+
+class HttpConfig(_Model):
+    """The one HTTP server of the service: /metrics, /healthz, /readyz, the API and the operator console.
+
+    It listens where ``metrics.host``/``metrics.port`` say unless ``http.host``/``http.port`` are set
+    (existing files keep working). Off loopback every request needs the token read from ``token_env``.
+    """
+
+    host: str | None = Field(None, description="Bind address (default: metrics.host, i.e. 127.0.0.1).")
+    port: int | None = Field(None, ge=0, le=65535, description="Port (default: metrics.port; 0 picks a free one).")
+    console: bool = Field(True, description="Serve the operator page and the JSON API under /api/v1.")
+    token_env: str = Field("DSANET_HTTP_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description=(
+        "Environment variable holding the access token (Bearer, or the Basic auth password); required "
+        "when the server is bound to anything but loopback."))
+    username: str = Field("dsanet", min_length=1, description="User name for Basic auth (the password is the token).")
+    event_history: int = Field(500, ge=1, le=100000, description="Recent events the API keeps in memory.")
 
 
 class EvidenceConfig(_Model):
@@ -371,6 +392,7 @@ class DeploymentConfig(_Model):
     ingest: IngestConfig = Field(default_factory=IngestConfig, description="Stream opening, timeouts and reconnects.")
     sinks: list[SinkConfig] = Field(default_factory=list, description="Where alert events go; each chosen by type.")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus metrics and health endpoints.")
+    http: HttpConfig = Field(default_factory=HttpConfig, description="HTTP server: metrics, health, API, console.")
     evidence: EvidenceConfig = Field(default_factory=EvidenceConfig, description="Per-event snapshots and clips.")
     spool: SpoolConfig = Field(default_factory=SpoolConfig, description="On-disk spool for undelivered events.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Log level and format.")
@@ -397,6 +419,25 @@ class DeploymentConfig(_Model):
             if cam.events is not None:  # the merged settings are validated here, once, at load
                 self.events.derive(cam.events.model_dump(exclude_none=True), f"cameras[{i}].events")
         return self
+
+    @model_validator(mode="after")
+    def _one_server(self) -> DeploymentConfig:
+        for key in ("host", "port"):
+            h, m = getattr(self.http, key), getattr(self.metrics, key)
+            if h is not None and "metrics" in self.model_fields_set and key in self.metrics.model_fields_set \
+                    and h != m:
+                raise ValueError(f"http.{key}: {h!r} differs from metrics.{key} {m!r}; one server serves both "
+                                 f"now, so set only http.{key}")
+        return self
+
+    @property
+    def http_host(self) -> str:
+        """Where the one HTTP server listens (``http.host``, else ``metrics.host``)."""
+        return self.http.host if self.http.host is not None else self.metrics.host
+
+    @property
+    def http_port(self) -> int:
+        return self.http.port if self.http.port is not None else self.metrics.port
 
     def window_for(self, camera: CameraConfig) -> WindowConfig:
         """The global window section with this camera's overrides applied."""
@@ -585,7 +626,65 @@ def load_config(path: str | os.PathLike[str]) -> DeploymentConfig:
         raise ConfigError(str(p), ["file not found"]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(str(p), [f"cannot read the file: {exc}"]) from None
-    return parse_config(text, str(p))
+    return resolve_paths(parse_config(text, str(p)), p.resolve().parent)
+
+
+def _resolve(base: Path, value: str) -> str:
+    return value if Path(value).is_absolute() else str(base / value)
+
+
+def resolve_camera_path(camera: CameraConfig, base: Path) -> CameraConfig:
+    """A ``file:relative.mp4`` camera URL made absolute from ``base`` (the deployment file's folder)."""
+    parts = urlsplit(camera.url)
+    if parts.scheme != "file" or parts.netloc or Path(parts.path).is_absolute():
+        return camera
+    return camera.model_copy(update={"url": "file://" + str(base / parts.path)})
+
+
+def resolve_paths(cfg: DeploymentConfig, base: Path) -> DeploymentConfig:
+    """Relative paths of a deployment file resolve from that file's folder, not the current directory, so
+    a reload (or a service started from elsewhere) means the same files, as users of compose files expect."""
+    sinks = [s.model_copy(update={"path": _resolve(base, s.path)}) if isinstance(s, JsonlSinkConfig) else s
+             for s in cfg.sinks]
+    return cfg.model_copy(update={
+        "cameras": [resolve_camera_path(c, base) for c in cfg.cameras],
+        "model": cfg.model.model_copy(update={"bundle": _resolve(base, cfg.model.bundle)}),
+        "sinks": sinks,
+        "evidence": cfg.evidence.model_copy(update={"directory": _resolve(base, cfg.evidence.directory)}),
+        "spool": cfg.spool.model_copy(update={"directory": _resolve(base, cfg.spool.directory)}),
+    })
+
+
+def parse_camera(raw: Any, cfg: DeploymentConfig, base: Path | None = None) -> CameraConfig:
+    """Validate one camera given at run time (API) exactly as a ``cameras`` entry of the file would be:
+    same ``${ENV}`` substitution, same checks, same messages (path ``cameras[N]...``, no line numbers)."""
+    index = len(cfg.cameras)
+    if not isinstance(raw, dict):
+        raise ConfigError("camera", [f"cameras[{index}]: a camera must be a mapping, not a {type(raw).__name__}"])
+    env_problems: list[tuple[tuple[Any, ...], str]] = []
+    data = _substitute(raw, ("cameras", index), env_problems)
+    found = [f"{_fmt_path(p)}: {m}" for p, m in env_problems]
+    try:
+        cam = CameraConfig.model_validate(data)
+    except ValidationError as exc:
+        for err in exc.errors():
+            path = ("cameras", index, *_error_path(tuple(err["loc"]), data))
+            found.append(f"{_fmt_path(path)}: {_describe(err)}")
+        raise ConfigError("camera", _ordered([(0, f) for f in found])) from None
+    if found:
+        raise ConfigError("camera", found)
+    # the deployment with this camera appended, through the file's own whole-deployment checks
+    whole = cfg.model_dump()
+    whole["cameras"] = [c.model_dump() for c in (*cfg.cameras, cam)]
+    try:
+        DeploymentConfig.model_validate(whole)
+    except ValidationError as exc:
+        for err in exc.errors():
+            msg = _describe(err)
+            m = re.match(r"^([A-Za-z_][\w\[\].]*): (.*)$", msg)
+            found.append(msg if m else f"{_fmt_path(tuple(err['loc']))}: {msg}")
+        raise ConfigError("camera", _ordered([(0, f) for f in found])) from None
+    return resolve_camera_path(cam, base) if base is not None else cam
 
 
 def summary(cfg: DeploymentConfig) -> str:
@@ -606,7 +705,8 @@ def summary(cfg: DeploymentConfig) -> str:
                  f"cooldown {e.cooldown}s")
     lines.append("sinks: " + (", ".join(f"{cfg.sink_name(i)} ({s.type})" for i, s in enumerate(cfg.sinks)) or "none"))
     met = cfg.metrics
-    lines.append(f"metrics: {'http://' + met.host + ':' + str(met.port) + '/metrics' if met.enabled else 'off'}")
+    lines.append(f"metrics: {'http://' + cfg.http_host + ':' + str(cfg.http_port) + '/metrics' if met.enabled else 'off'}"
+                 + (" (console and API at /)" if met.enabled and cfg.http.console else ""))
     ev = cfg.evidence
     lines.append(f"evidence: {ev.directory} (pre {ev.pre_roll}s, post {ev.post_roll}s)" if ev.enabled else "evidence: off")
     lines.append(f"spool: {cfg.spool.directory}; logging: {cfg.logging.level} ({cfg.logging.format})")
