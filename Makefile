@@ -9,6 +9,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -c constraints.txt -e ".[cpu,train,dev]"
+	$(PY) -m pip install -q --no-deps -c constraints.txt open-clip-torch  # data file only: OpenAI's BPE vocabulary
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -18,6 +19,7 @@ demo: $(STAMP)
 	$(VENV)/bin/dsanet run $(ARGS)
 
 test: $(STAMP)
+	bash .ci/triton-venv.sh
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -17,6 +17,7 @@ PACKAGES=(
     python3-gi
     mosquitto
     prometheus
+    chromium  # the operator console's real-browser test (Playwright drives /usr/bin/chromium)
 )
 
 missing=()

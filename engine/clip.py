@@ -107,8 +107,13 @@ def resolve_clip_dir(spec: str | os.PathLike[str], cache_dir: str | os.PathLike[
         log.warning(TINY_WARNING)
         return target
     path = Path(spec)
+    if path.is_file():  # an OpenAI CLIP checkpoint or open_clip weights file: converted once, cached
+        from engine.clip_formats import convert_clip_file
+
+        return convert_clip_file(path)
     if not path.is_dir():
-        raise ClipLoadError(f"CLIP directory {path} does not exist (give a local Hugging Face CLIP folder or 'tiny')")
+        raise ClipLoadError(f"CLIP directory {path} does not exist (give a local Hugging Face CLIP folder, an "
+                            "OpenAI/open_clip CLIP weights file, or 'tiny')")
     if not (path / "config.json").exists():
         raise ClipLoadError(f"CLIP directory {path} has no config.json: not a Hugging Face CLIP folder")
     if not any((path / n).exists() for n in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")):

@@ -28,7 +28,7 @@ DEMO_BANNER = """\
  Its scores and categories only show the pipeline working; they mean nothing on real video.
  For real cameras: copy configs/example.yaml, set your RTSP URLs, and point model.bundle at a
  bundle made by `dsanet export` from a checkpoint trained with real CLIP ViT-B/16 weights
- (see docs/reproduce.md). Metrics: http://127.0.0.1:9108/metrics   Stop: Ctrl-C
+ (see docs/reproduce.md). Console and metrics: http://127.0.0.1:9108/    Stop: Ctrl-C
 =============================================================================================="""
 
 

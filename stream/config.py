@@ -182,6 +182,33 @@ class CameraConfig(_Model):
         return v
 
 
+class TritonEncoderConfig(_Model):
+    """The encoder served by an NVIDIA Triton server (``dsanet triton-repo`` writes its repository)."""
+
+    runtime: Literal["triton"] = Field(description="Where the encoder runs: triton (the head stays in this worker).")
+    url: str = Field("127.0.0.1:8001", description="host:port of Triton's gRPC endpoint.")
+    model: str = Field("dsanet_encoder", description="Model name in the Triton repository.")
+    model_version: str = Field("", description="Model version ('' = the server's policy, usually the latest).")
+    timeout: float = Field(5.0, gt=0, description="Seconds per inference request before it counts as failed.")
+    max_wait: float = Field(10.0, gt=0, description=(
+        "Seconds one encoder batch keeps retrying while Triton is away; then it is dropped and counted "
+        "(the encoder queue keeps the newest snippets meanwhile). Keep it under the 30 s liveness limit."))
+    failure_threshold: int = Field(3, ge=1, description="Consecutive failures that open the circuit breaker.")
+    backoff_initial: float = Field(0.1, gt=0, description="First retry delay in seconds; doubles per failure.")
+    backoff_max: float = Field(2.0, gt=0, description="Largest retry / circuit probe delay in seconds.")
+    connect_timeout: float = Field(60.0, gt=0, description="Seconds to wait at start for the model to be ready.")
+
+    @field_validator("url")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.\-\[\]:]+:\d{1,5}", v):
+            raise ValueError(f"url {v!r} must be host:port of Triton's gRPC endpoint (e.g. triton:8001), no scheme")
+        return v
+
+    def runner_options(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"runtime"})
+
+
 if TYPE_CHECKING:
     from engine.categories import CategoryEdit
 
@@ -224,6 +251,8 @@ class ModelConfig(_Model):
     head_batch: int = Field(16, ge=1, le=256, description="Maximum windows the head scores in one batch.")
     head_max_wait: float = Field(0.02, ge=0, description="Seconds the head waits to fill a batch.")
     queue_size: int = Field(64, ge=1, description="Bound of each work queue; when full the oldest item is dropped and counted.")
+    encoder: TritonEncoderConfig | None = Field(None, description=(
+        "Run the encoder elsewhere: {runtime: triton, url, model}; unset = in this process on 'runtime'."))
     categories: CategoriesConfig | None = Field(
         None, description="Add, rename or drop categories in words (needs a bundle with text.onnx).")
 
@@ -293,10 +322,28 @@ class MqttSinkConfig(SinkConfigBase):
     keepalive: int = Field(30, ge=5, description="Keep-alive seconds.")
     publish_scores: bool = Field(True, description="Publish the current score per camera (QoS 0).")
     score_interval: float = Field(1.0, ge=0, description="Minimum seconds between two score messages of a camera.")
+    home_assistant: bool = Field(False, description=(
+        "Publish Home Assistant MQTT discovery: each camera appears as an anomaly binary sensor with "
+        "score and category sensors."))
+    discovery_prefix: str = Field("homeassistant", min_length=1, description="Home Assistant's discovery prefix.")
+
+
+class KafkaSinkConfig(SinkConfigBase):
+    """Produce events to a Kafka topic, keyed by camera (one partition per camera keeps its order)."""
+
+    type: Literal["kafka"] = Field(description="Sink type.")
+    brokers: str = Field(description="Bootstrap servers, host:port[,host:port...].")
+    topic: str = Field("dsanet-events", pattern=r"^[A-Za-z0-9._\-]{1,249}$", description="Topic for events.")
+    client_id: str | None = Field(None, description="Kafka client id (default: dsanet-<hostname>).")
+    timeout: float = Field(10.0, gt=0, description="Seconds to wait for the broker's acknowledgement of an event.")
+    backoff_initial: float = Field(1.0, gt=0, description="First retry delay in seconds.")
+    backoff_max: float = Field(30.0, gt=0, description="Largest retry delay in seconds.")
+    # Security settings come from the environment (KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_MECHANISM,
+    # KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD, KAFKA_SSL_CA_LOCATION, ...), never from this file.
 
 
 SinkConfig = Annotated[
-    JsonlSinkConfig | StdoutSinkConfig | WebhookSinkConfig | MqttSinkConfig,
+    JsonlSinkConfig | StdoutSinkConfig | WebhookSinkConfig | MqttSinkConfig | KafkaSinkConfig,
     Field(discriminator="type"),
 ]
 
@@ -307,6 +354,23 @@ class MetricsConfig(_Model):
     enabled: bool = Field(True, description="Serve /metrics, /healthz and /readyz.")
     host: str = Field("127.0.0.1", description="Bind address; loopback unless you mean to expose it.")
     port: int = Field(9108, ge=0, le=65535, description="Port (0 picks a free one).")
+
+
+class HttpConfig(_Model):
+    """The one HTTP server of the service: /metrics, /healthz, /readyz, the API and the operator console.
+
+    It listens where ``metrics.host``/``metrics.port`` say unless ``http.host``/``http.port`` are set
+    (existing files keep working). Off loopback every request needs the token read from ``token_env``.
+    """
+
+    host: str | None = Field(None, description="Bind address (default: metrics.host, i.e. 127.0.0.1).")
+    port: int | None = Field(None, ge=0, le=65535, description="Port (default: metrics.port; 0 picks a free one).")
+    console: bool = Field(True, description="Serve the operator page and the JSON API under /api/v1.")
+    token_env: str = Field("DSANET_HTTP_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description=(
+        "Environment variable holding the access token (Bearer, or the Basic auth password); required "
+        "when the server is bound to anything but loopback."))
+    username: str = Field("dsanet", min_length=1, description="User name for Basic auth (the password is the token).")
+    event_history: int = Field(500, ge=1, le=100000, description="Recent events the API keeps in memory.")
 
 
 class EvidenceConfig(_Model):
@@ -326,6 +390,20 @@ class SpoolConfig(_Model):
     directory: str = Field("spool", description="Folder for the per-sink on-disk spools.")
 
 
+class ShardConfig(_Model):
+    """This worker's share of the cameras when several workers run one config (``stream.shard``)."""
+
+    index: int = Field(0, ge=0, description="This worker's index, 0..count-1 (--shard, SHARD_INDEX or a "
+                                             "StatefulSet ordinal take precedence).")
+    count: int = Field(1, ge=1, description="Number of workers sharing the cameras (rendezvous hashing).")
+
+    @model_validator(mode="after")
+    def _in_range(self) -> ShardConfig:
+        if self.index >= self.count:
+            raise ValueError(f"index ({self.index}) must be smaller than count ({self.count})")
+        return self
+
+
 class LoggingConfig(_Model):
     """Log output."""
 
@@ -343,9 +421,11 @@ class DeploymentConfig(_Model):
     ingest: IngestConfig = Field(default_factory=IngestConfig, description="Stream opening, timeouts and reconnects.")
     sinks: list[SinkConfig] = Field(default_factory=list, description="Where alert events go; each chosen by type.")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus metrics and health endpoints.")
+    http: HttpConfig = Field(default_factory=HttpConfig, description="HTTP server: metrics, health, API, console.")
     evidence: EvidenceConfig = Field(default_factory=EvidenceConfig, description="Per-event snapshots and clips.")
     spool: SpoolConfig = Field(default_factory=SpoolConfig, description="On-disk spool for undelivered events.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Log level and format.")
+    shard: ShardConfig | None = Field(None, description="Cameras shared among workers: this worker's index/count.")
 
     @model_validator(mode="after")
     def _unique(self) -> DeploymentConfig:
@@ -368,6 +448,25 @@ class DeploymentConfig(_Model):
             if cam.events is not None:  # the merged settings are validated here, once, at load
                 self.events.derive(cam.events.model_dump(exclude_none=True), f"cameras[{i}].events")
         return self
+
+    @model_validator(mode="after")
+    def _one_server(self) -> DeploymentConfig:
+        for key in ("host", "port"):
+            h, m = getattr(self.http, key), getattr(self.metrics, key)
+            if h is not None and "metrics" in self.model_fields_set and key in self.metrics.model_fields_set \
+                    and h != m:
+                raise ValueError(f"http.{key}: {h!r} differs from metrics.{key} {m!r}; one server serves both "
+                                 f"now, so set only http.{key}")
+        return self
+
+    @property
+    def http_host(self) -> str:
+        """Where the one HTTP server listens (``http.host``, else ``metrics.host``)."""
+        return self.http.host if self.http.host is not None else self.metrics.host
+
+    @property
+    def http_port(self) -> int:
+        return self.http.port if self.http.port is not None else self.metrics.port
 
     def window_for(self, camera: CameraConfig) -> WindowConfig:
         """The global window section with this camera's overrides applied."""
@@ -469,7 +568,7 @@ def _describe(err: Mapping[str, Any]) -> str:
         ctx = err.get("ctx", {})
         return f"unknown type {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}"
     if kind == "union_tag_not_found":
-        return "'type' is missing; every sink needs one (jsonl, stdout, webhook, mqtt)"
+        return "'type' is missing; every sink needs one (jsonl, stdout, webhook, mqtt, kafka)"
     msg = str(err["msg"])
     return redact(msg.removeprefix("Value error, "))
 
@@ -556,7 +655,65 @@ def load_config(path: str | os.PathLike[str]) -> DeploymentConfig:
         raise ConfigError(str(p), ["file not found"]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(str(p), [f"cannot read the file: {exc}"]) from None
-    return parse_config(text, str(p))
+    return resolve_paths(parse_config(text, str(p)), p.resolve().parent)
+
+
+def _resolve(base: Path, value: str) -> str:
+    return value if Path(value).is_absolute() else str(base / value)
+
+
+def resolve_camera_path(camera: CameraConfig, base: Path) -> CameraConfig:
+    """A ``file:relative.mp4`` camera URL made absolute from ``base`` (the deployment file's folder)."""
+    parts = urlsplit(camera.url)
+    if parts.scheme != "file" or parts.netloc or Path(parts.path).is_absolute():
+        return camera
+    return camera.model_copy(update={"url": "file://" + str(base / parts.path)})
+
+
+def resolve_paths(cfg: DeploymentConfig, base: Path) -> DeploymentConfig:
+    """Relative paths of a deployment file resolve from that file's folder, not the current directory, so
+    a reload (or a service started from elsewhere) means the same files, as users of compose files expect."""
+    sinks = [s.model_copy(update={"path": _resolve(base, s.path)}) if isinstance(s, JsonlSinkConfig) else s
+             for s in cfg.sinks]
+    return cfg.model_copy(update={
+        "cameras": [resolve_camera_path(c, base) for c in cfg.cameras],
+        "model": cfg.model.model_copy(update={"bundle": _resolve(base, cfg.model.bundle)}),
+        "sinks": sinks,
+        "evidence": cfg.evidence.model_copy(update={"directory": _resolve(base, cfg.evidence.directory)}),
+        "spool": cfg.spool.model_copy(update={"directory": _resolve(base, cfg.spool.directory)}),
+    })
+
+
+def parse_camera(raw: Any, cfg: DeploymentConfig, base: Path | None = None) -> CameraConfig:
+    """Validate one camera given at run time (API) exactly as a ``cameras`` entry of the file would be:
+    same ``${ENV}`` substitution, same checks, same messages (path ``cameras[N]...``, no line numbers)."""
+    index = len(cfg.cameras)
+    if not isinstance(raw, dict):
+        raise ConfigError("camera", [f"cameras[{index}]: a camera must be a mapping, not a {type(raw).__name__}"])
+    env_problems: list[tuple[tuple[Any, ...], str]] = []
+    data = _substitute(raw, ("cameras", index), env_problems)
+    found = [f"{_fmt_path(p)}: {m}" for p, m in env_problems]
+    try:
+        cam = CameraConfig.model_validate(data)
+    except ValidationError as exc:
+        for err in exc.errors():
+            path = ("cameras", index, *_error_path(tuple(err["loc"]), data))
+            found.append(f"{_fmt_path(path)}: {_describe(err)}")
+        raise ConfigError("camera", _ordered([(0, f) for f in found])) from None
+    if found:
+        raise ConfigError("camera", found)
+    # the deployment with this camera appended, through the file's own whole-deployment checks
+    whole = cfg.model_dump()
+    whole["cameras"] = [c.model_dump() for c in (*cfg.cameras, cam)]
+    try:
+        DeploymentConfig.model_validate(whole)
+    except ValidationError as exc:
+        for err in exc.errors():
+            msg = _describe(err)
+            m = re.match(r"^([A-Za-z_][\w\[\].]*): (.*)$", msg)
+            found.append(msg if m else f"{_fmt_path(tuple(err['loc']))}: {msg}")
+        raise ConfigError("camera", _ordered([(0, f) for f in found])) from None
+    return resolve_camera_path(cam, base) if base is not None else cam
 
 
 def summary(cfg: DeploymentConfig) -> str:
@@ -568,12 +725,17 @@ def summary(cfg: DeploymentConfig) -> str:
         lines.append(f"  - {c.name}: {redact(c.url)} ({c.transport}, window {w.length}, lookahead {w.lookahead}){flag}")
     m = cfg.model
     lines.append(f"model: {m.bundle} (runtime {m.runtime}, device {m.device}, precision {m.precision})")
+    if m.encoder is not None:
+        lines.append(f"encoder: on {m.encoder.runtime} at {m.encoder.url} (model {m.encoder.model})")
+    if cfg.shard is not None:
+        lines.append(f"shard: {cfg.shard.index}/{cfg.shard.count} (--shard / SHARD_INDEX take precedence)")
     e = cfg.events
     lines.append(f"events: on {e.on_threshold} / off {e.off_threshold}, min {e.min_duration}s, hold {e.hold}s, "
                  f"cooldown {e.cooldown}s")
     lines.append("sinks: " + (", ".join(f"{cfg.sink_name(i)} ({s.type})" for i, s in enumerate(cfg.sinks)) or "none"))
     met = cfg.metrics
-    lines.append(f"metrics: {'http://' + met.host + ':' + str(met.port) + '/metrics' if met.enabled else 'off'}")
+    lines.append(f"metrics: {'http://' + cfg.http_host + ':' + str(cfg.http_port) + '/metrics' if met.enabled else 'off'}"
+                 + (" (console and API at /)" if met.enabled and cfg.http.console else ""))
     ev = cfg.evidence
     lines.append(f"evidence: {ev.directory} (pre {ev.pre_roll}s, post {ev.post_roll}s)" if ev.enabled else "evidence: off")
     lines.append(f"spool: {cfg.spool.directory}; logging: {cfg.logging.level} ({cfg.logging.format})")

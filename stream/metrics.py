@@ -80,6 +80,7 @@ class Metrics:
         self._liveness: dict[str, Callable[[], float]] = {}
         self._states: dict[str, CameraState] = {}
         self._model_loaded = False
+        self._readiness: dict[str, Callable[[], str | None]] = {}
 
     # -------------------------------------------------------------------------------- camera side
     def register_camera(self, camera: str) -> None:
@@ -174,9 +175,23 @@ class Metrics:
             return False, "stuck: " + ", ".join(stuck)
         return True, f"ok ({len(probes)} loops)"
 
+    def add_readiness(self, name: str, check: Callable[[], str | None]) -> None:
+        """Register a dependency for ``/readyz``: ``check()`` returns None when usable, else why not."""
+        with self._lock:
+            self._readiness[name] = check
+
     def readiness(self) -> tuple[bool, str]:
         if not self._model_loaded:
             return False, "model not loaded"
+        with self._lock:
+            checks = list(self._readiness.items())
+        for name, check in checks:
+            try:
+                why = check()
+            except Exception as exc:  # a broken check counts as not ready, never as a crash of the endpoint
+                why = f"check failed: {type(exc).__name__}"
+            if why:
+                return False, f"{name}: {why}"
         with self._lock:
             streaming = [c for c, s in self._states.items() if s == CameraState.STREAMING]
         if not streaming:

@@ -81,13 +81,22 @@ class Models:
     def load(cls, model_cfg: ModelConfig) -> Models:
         from engine.runtime import load_models
 
-        bundle, encoder, head = load_models(model_cfg.bundle, runtime=model_cfg.runtime, device=model_cfg.device,
-                                            precision=model_cfg.precision, threads=model_cfg.threads)
-        desc = head.describe() if hasattr(head, "describe") else {}
-        runtime = str(desc.get("runtime") or desc.get("name") or model_cfg.runtime) if isinstance(desc, dict) \
-            else model_cfg.runtime
-        models = cls(bundle=bundle, encoder=encoder, head=head, preprocess=bundle.preprocessing, runtime=runtime,
-                     encoder_max_batch=encoder.max_batch, head_max_batch=head.max_batch, threads=model_cfg.threads)
+        if model_cfg.encoder is not None:  # the encoder on a Triton server, the head here
+            from engine.runtimes.triton import load_with_remote_encoder
+
+            bundle, remote, local_head = load_with_remote_encoder(model_cfg)
+            models = cls(bundle=bundle, encoder=remote, head=local_head, preprocess=remote.preprocess,
+                         runtime=f"triton+{local_head.describe()['runtime']}", encoder_max_batch=remote.max_batch,
+                         head_max_batch=local_head.max_batch, threads=model_cfg.threads)
+        else:
+            bundle, encoder, head = load_models(model_cfg.bundle, runtime=model_cfg.runtime, device=model_cfg.device,
+                                                precision=model_cfg.precision, threads=model_cfg.threads)
+            desc = head.describe() if hasattr(head, "describe") else {}
+            runtime = str(desc.get("runtime") or desc.get("name") or model_cfg.runtime) if isinstance(desc, dict) \
+                else model_cfg.runtime
+            models = cls(bundle=bundle, encoder=encoder, head=head, preprocess=bundle.preprocessing, runtime=runtime,
+                         encoder_max_batch=encoder.max_batch, head_max_batch=head.max_batch,
+                         threads=model_cfg.threads)
         if model_cfg.categories is not None:
             models.set_categories(model_cfg.categories.to_edit())
         return models

@@ -14,7 +14,9 @@ Every hand-over is non-blocking, so a stuck camera, a slow model or a dead webho
 its own work (dropped and counted), never another camera's.
 
 Shutdown (SIGINT/SIGTERM, ``--duration``, or every file source ended) runs in this order, each step with
-a deadline so the whole takes at most ``shutdown_timeout`` (10 s):
+a deadline so the whole takes at most ``shutdown_timeout`` (10 s), with one exception: a worker caught
+inside a model call when its share runs out is waited for (up to ``IN_FLIGHT_JOIN``), because exiting
+under a running ONNX Runtime call aborts the process:
 
 1. stop the readers (they flush their last partial snippet);
 2. drain the encoder queue (the rest is dropped and counted as ``shutdown`` if the deadline passes);
@@ -81,6 +83,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SHUTDOWN_TIMEOUT = 10.0
+IN_FLIGHT_JOIN = 30.0  # seconds: one model call on a loaded CPU, the most a stopping worker is waited for
 STATUS_INTERVAL = 5.0
 REMOVE_JOIN_TIMEOUT = 2.0  # a removed camera's reader gets this long to leave a blocking read
 
@@ -197,7 +200,7 @@ class Service:
 
     def _prepare(self, image: np.ndarray) -> np.ndarray:
         """One frame -> encoder input [3,S,S]; runs in the camera's reader thread."""
-        return np.asarray(self.models.preprocess([image]), dtype=np.float32)[0]
+        return np.asarray(self.models.preprocess([image]))[0]  # float32, or uint8 crops for a Triton encoder
 
     def _snippet_emitter(self, camera: str) -> Callable[[Snippet], None]:
         def emit(s: Snippet) -> None:
@@ -418,6 +421,19 @@ class Service:
                     signal.signal(signum, h)
         return 0
 
+    @staticmethod
+    def _join_in_flight(worker: threading.Thread) -> None:
+        """Wait for the model call a worker is inside of, past the budget if need be.
+
+        Its queue is closed and emptied, so the worker ends after this one batch. Leaving it running
+        would let the interpreter exit while a daemon thread is inside ONNX Runtime, which aborts the
+        process (seen under heavy load: exit -6, "terminate called without an active exception").
+        """
+        worker.join(IN_FLIGHT_JOIN)
+        if worker.is_alive():
+            log.warning("%s: still inside a model call %.0f s after shutdown asked it to stop",
+                        worker.name, IN_FLIGHT_JOIN)
+
     def shutdown(self) -> dict[str, float]:
         """Ordered stop (see the module docstring). Returns seconds spent per step."""
         with self._control:
@@ -448,11 +464,12 @@ class Service:
                 log.warning("camera %s: reader still blocked in a read at shutdown; leaving it", cam.name)
         t = mark("readers", t)
         if self._started:
-            if not self.encoder.stop(left(3.0)):
+            # the encoder drains what is queued within its share; what is left is dropped and counted
+            if not self.encoder.stop(left(max(3.0, deadline - time.monotonic() - 5.0))):
                 lost = self.encoder_queue.clear()
                 for s in lost:
                     self.metrics.dropped("shutdown", s.camera)
-                self.encoder.join(left(1.0))
+                self._join_in_flight(self.encoder)
             t = mark("encoder", t)
             now = time.monotonic()
             for cam in cams:
@@ -460,10 +477,10 @@ class Service:
                     job = cam.window.flush(now)
                     if job is not None:
                         self.head_queue.put(job)
-            if not self.head.stop(left(1.5)):
+            if not self.head.stop(left(max(1.5, deadline - time.monotonic() - 3.0))):
                 for j in self.head_queue.clear():
                     self.metrics.dropped("shutdown", j.camera)
-                self.head.join(left(0.5))
+                self._join_in_flight(self.head)
             t = mark("head", t)
         for cam in cams:
             ev = cam.close(REASON_SHUTDOWN)

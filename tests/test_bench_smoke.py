@@ -122,3 +122,10 @@ def test_latency_bench_runs_the_service_and_reports_the_bound(bench_cache: Path)
     # bound = snippet (16/30 s) x (1 + 2) + inference + 1 s
     assert bound > 16 / 30 * 3 + 1.0
     assert number(res, "onsets") >= 1
+
+
+@pytest.mark.slow
+def test_import_official_bench_reports_time_and_peak_memory(bench_cache: Path) -> None:
+    out, res = run_script("import_official.py", ["--quick"], bench_cache)
+    assert res["geometry"] == "tiny" and "| encoder |" in out
+    assert number(res, "fp32_import_s") > 0 and 0.1 < number(res, "fp32_peak_rss_gib") < 24

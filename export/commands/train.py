@@ -59,6 +59,10 @@ def _eval(args: argparse.Namespace) -> int:
     from export.train_config import load_train_config
 
     cfg = load_train_config(resolve_preset(args.config), list(args.set or []))
+    from export.official.evaluation import TRAINER, checkpoint_kind
+
+    if checkpoint_kind(args.checkpoint) != TRAINER or args.clip is None:  # a bundle or an official .pth
+        return _eval_source(args, cfg)
     info = read_checkpoint_info(args.checkpoint)
     if str(args.clip) == TINY:
         log.warning("--clip tiny: a tiny RANDOM CLIP, not a real CLIP (only checkpoints trained with it fit)")
@@ -75,6 +79,30 @@ def _eval(args: argparse.Namespace) -> int:
     if args.json:
         payload: dict[str, Any] = {**result, "checkpoint": str(info.path), "clip": str(args.clip),
                                    "test_list": str(cfg.data.test_list), "data_root": str(root)}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _eval_source(args: argparse.Namespace, cfg: Any) -> int:
+    """``dsanet eval`` of a bundle or of an official DSANet checkpoint (no --clip needed)."""
+    from export.data import read_list
+    from export.evaluate import format_table
+    from export.gt import load_ground_truth
+    from export.official.evaluation import evaluate_source
+
+    root = Path(args.data_root)
+    test_list = Path(cfg.data.test_list)
+    rows = read_list(test_list if test_list.is_absolute() else root / test_list, root)
+    gt = load_ground_truth(cfg.preset, root, rows)
+    result = evaluate_source(args.checkpoint, rows, gt, cfg.preset, args.device, cfg.eval.batch_size,
+                             progress=not args.no_progress)
+    print(f"{args.checkpoint} on {len(rows)} {cfg.preset} test videos:")
+    print(format_table(result))
+    if args.json:
+        payload: dict[str, Any] = {**result, "checkpoint": str(args.checkpoint), "test_list": str(cfg.data.test_list),
+                                   "data_root": str(root)}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
         print(f"wrote {args.json}")
@@ -107,10 +135,12 @@ def register(subparsers: Any) -> None:
         "eval", help="evaluate a DSANet checkpoint on a test list (AUC, AP, mAP)",
         description="Score every test video as the official test scripts do (256-snippet chunks) and print frame "
                     "AUC / AP and detection mAP at IoU 0.1-0.5.")
-    e.add_argument("--checkpoint", required=True, metavar="CKPT", help="best.safetensors or last.safetensors")
+    e.add_argument("--checkpoint", required=True, metavar="CKPT",
+                   help="best.safetensors / last.safetensors (with --clip), an official DSANet .pth, or a bundle folder")
     e.add_argument("-c", "--config", required=True, metavar="PRESET", help="training preset YAML or name (ucf, xd)")
     e.add_argument("--data-root", required=True, metavar="DIR", help="data set folder (holds list/ and the features)")
-    e.add_argument("--clip", required=True, metavar="DIR|tiny", help="the CLIP folder the checkpoint was trained with")
+    e.add_argument("--clip", default=None, metavar="DIR|FILE|tiny",
+                   help="the CLIP the .safetensors checkpoint was trained with (not needed for a bundle or .pth)")
     e.add_argument("--json", default=None, metavar="OUT", help="also write the figures as JSON")
     e.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     e.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a preset value (e.g. data.test_list)")

@@ -23,6 +23,9 @@ def register(subparsers: Any) -> None:
                    help="stop cleanly after this many seconds (default: run until stopped)")
     p.add_argument("--status-interval", type=float, default=5.0, metavar="SECONDS",
                    help="seconds between status lines (0: none)")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="watch only the cameras that rendezvous hashing gives worker I of N (default: "
+                        "SHARD_INDEX/SHARD_COUNT, a StatefulSet ordinal, the config's shard section, or all)")
     p.set_defaults(func=run)
 
 
@@ -64,7 +67,32 @@ def run(args: argparse.Namespace) -> int:
         print(banner, flush=True)
     cfg = load_config(path)
     configure_logging(cfg.logging.level, cfg.logging.format)
+    from stream.remote import watch_remote_encoder
     from stream.service import Service
+    from stream.shard import apply_shard
 
-    service = Service(cfg, status_interval=args.status_interval)
+    cfg, shard = apply_shard(cfg, args.shard)
+    if shard.count > 1:
+        logging.getLogger("stream.shard").info("shard %s (%s): cameras %s", shard, shard.source,
+                                               ", ".join(c.name for c in cfg.enabled_cameras))
+    # the console's one HTTP server serves /metrics, /healthz, /readyz too: the service starts none
+    service = Service(cfg.model_copy(update={"metrics": cfg.metrics.model_copy(update={"enabled": False})}),
+                      status_interval=args.status_interval)
+    watch_remote_encoder(service.metrics, service.models.encoder)
+    if cfg.metrics.enabled:
+        from stream import __version__
+        from stream.console.wiring import start_console
+
+        b = service.models.bundle
+        handle = start_console(service, service.metrics, cfg, path, version=__version__,
+                               model_info=service.model_info,
+                               categories=list(b.display_names or b.class_names)[1:])
+        service.server = handle  # type: ignore[assignment]  # closed as the shutdown's last step
+        handle.install_sighup()
+        print(f"console: {handle.url}/", flush=True)
+    else:  # no HTTP server: SIGHUP still reloads (instead of ending the process)
+        from stream.console.wiring import reload_on_sighup
+        from stream.reload import LiveConfig
+
+        reload_on_sighup(LiveConfig(cfg, service, path))
     return service.run(duration=args.duration)

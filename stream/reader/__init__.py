@@ -1,6 +1,6 @@
 """Camera readers: one PyAV thread per camera, with timeouts, reconnects and an explicit state.
 
-Why it looks like this (measured in ``docs/environment.md``):
+Why it looks like this (how PyAV behaves on live RTSP sources, measured on our machines):
 
 * A killed RTSP server ends PyAV's demux loop *normally*, without an exception; a frozen one blocks a read
   for ever unless a timeout is set. So every open passes both FFmpeg's ``timeout`` option (microseconds,

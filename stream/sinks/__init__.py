@@ -62,6 +62,7 @@ def create_sink(cfg: SinkConfigBase, spool_dir: str | Path | None, metrics: Metr
 
 # Built-in sinks register themselves on import.
 from stream.sinks import jsonl as _jsonl  # noqa: E402,F401
+from stream.sinks import kafka as _kafka  # noqa: E402,F401
 from stream.sinks import mqtt as _mqtt  # noqa: E402,F401
 from stream.sinks import stdout as _stdout  # noqa: E402,F401
 from stream.sinks import webhook as _webhook  # noqa: E402,F401

@@ -7,6 +7,11 @@
   at most one message per ``score_interval`` per camera (the latest value wins).
 - ``<prefix>/available``: retained ``online`` once connected, ``offline`` on a clean stop, and the broker
   publishes ``offline`` (the last will) if the process dies.
+- ``home_assistant: true`` (opt-in): Home Assistant MQTT discovery, retained, for every camera the sink
+  sees (again after each reconnect): ``<discovery_prefix>/binary_sensor/dsanet_<slug>/anomaly/config``
+  (state ``<prefix>/<camera>/alarm``, retained ``ON`` from a confirmed start until its end, then ``OFF``)
+  and ``<discovery_prefix>/sensor/dsanet_<slug>/{score,category}/config`` (from the score topic), one
+  device per camera, available while ``<prefix>/available`` is ``online``.
 paho's own network thread reconnects with capped backoff; the spool worker waits while disconnected.
 """
 
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 import threading
 import time
@@ -70,9 +76,53 @@ class MqttSink(Sink):
         self._score_lock = threading.Lock()
         self._conn_error_logged = False
         self.scores_published = 0
+        self.home_assistant = bool(cfg.home_assistant)
+        self.discovery_prefix = str(cfg.discovery_prefix).rstrip("/")
+        self._announced: set[str] = set()  # cameras whose discovery went out on the current connection
+        self._known: set[str] = set()
+        self._alarms: dict[str, str] = {}  # camera -> ON/OFF, republished with the discovery
 
     def score_topic(self, camera: str) -> str:
         return f"{self.prefix}/{camera}/anomaly"
+
+    def alarm_topic(self, camera: str) -> str:
+        return f"{self.prefix}/{camera}/alarm"
+
+    def discovery(self, camera: str) -> list[tuple[str, dict[str, Any]]]:
+        """Home Assistant discovery messages (topic, payload) of one camera."""
+        slug = re.sub(r"[^a-z0-9]+", "_", camera.lower()).strip("_") or "camera"
+        node = f"dsanet_{slug}"
+        common = {"availability_topic": self.available_topic, "payload_available": ONLINE,
+                  "payload_not_available": OFFLINE,
+                  "device": {"identifiers": [node], "name": camera, "manufacturer": "dsanet-stream",
+                             "model": "DSANet anomaly detector"}}
+        score_topic = self.score_topic(camera)
+        return [
+            (f"{self.discovery_prefix}/binary_sensor/{node}/anomaly/config",
+             {"name": "Anomaly", "unique_id": f"{node}_anomaly", "state_topic": self.alarm_topic(camera),
+              "payload_on": "ON", "payload_off": "OFF", "device_class": "problem", **common}),
+            (f"{self.discovery_prefix}/sensor/{node}/score/config",
+             {"name": "Anomaly score", "unique_id": f"{node}_score", "state_topic": score_topic,
+              "value_template": "{{ value_json.score }}", "state_class": "measurement", **common}),
+            (f"{self.discovery_prefix}/sensor/{node}/category/config",
+             {"name": "Anomaly category", "unique_id": f"{node}_category", "state_topic": score_topic,
+              "value_template": "{{ value_json.category }}", "icon": "mdi:cctv", **common}),
+        ]
+
+    def _announce(self, camera: str) -> None:
+        """Publish a camera's discovery once per connection (retained, QoS 1; paho queues, never blocks)."""
+        if not self.home_assistant:
+            return
+        c = self._client
+        with self._score_lock:
+            self._known.add(camera)
+            if camera in self._announced or c is None or not self._connected.is_set():
+                return
+            self._announced.add(camera)
+            state = self._alarms.setdefault(camera, "OFF")
+        for topic, payload in self.discovery(camera):
+            c.publish(topic, json.dumps(payload, separators=(",", ":")), qos=1, retain=True)
+        c.publish(self.alarm_topic(camera), state, qos=1, retain=True)
 
     def target(self) -> str:
         return f"mqtt://{self.host}:{self.port}/{self.events_topic}"
@@ -112,6 +162,12 @@ class MqttSink(Sink):
         self.last_error = None
         self._connected.set()  # before "online": whoever sees "online" may rely on scores flowing
         client.publish(self.available_topic, ONLINE, qos=1, retain=True)
+        if self.home_assistant:
+            with self._score_lock:
+                self._announced.clear()
+                known = sorted(self._known)
+            for camera in known:
+                self._announce(camera)
         log.info("sink %s: connected to MQTT broker %s:%d", self.name, self.host, self.port)
 
     def _on_connect_fail(self, client: Any, userdata: Any) -> None:
@@ -170,13 +226,26 @@ class MqttSink(Sink):
             with self._ack_lock:
                 if info.mid in self._acked:
                     self._acked.discard(info.mid)
+                    self._alarm(item.payload)
                     return Result.DELIVERED, None
             if time.monotonic() >= end or self._stopping_expired():
                 break
             time.sleep(0.002)
         if self._abandon(info.mid):
+            self._alarm(item.payload)
             return Result.DELIVERED, None
         return Result.RETRY, f"no PUBACK within {self.puback_timeout:g}s"
+
+    def _alarm(self, payload: Any) -> None:
+        """Home Assistant's binary sensor: ON from a delivered start/update, OFF from its end (retained)."""
+        if not self.home_assistant or not isinstance(payload, dict) or self._client is None:
+            return
+        camera = str(payload.get("camera"))
+        state = "OFF" if payload.get("type") == "end" else "ON"
+        with self._score_lock:
+            self._alarms[camera] = state
+        self._announce(camera)
+        self._client.publish(self.alarm_topic(camera), state, qos=1, retain=True)
 
     def _abandon(self, mid: int) -> bool:
         """Stop waiting for ``mid``; True if its confirmation had in fact just arrived."""
@@ -192,6 +261,7 @@ class MqttSink(Sink):
     def publish_score(self, camera: str, score: float, category: str | None = None,
                       time_s: float | None = None) -> None:
         """Latest score of a camera, QoS 0, rate limited to one per ``score_interval`` (latest wins)."""
+        self._announce(camera)
         if not self.publish_scores:
             return
         payload = json.dumps({"camera": camera, "score": round(float(score), 4), "category": category,
