@@ -416,3 +416,13 @@ def test_config_categories_apply_when_the_models_load(tiny_bundle_dir: Path) -> 
     assert renamed.open_head is None and renamed.current_classes()[1][1] == "Mistreatment"
     _, p = renamed.score(feats, np.array([8, 5]))
     assert p.shape == (2, 8, 14) and renamed.category(p[0, 0])[0] in renamed.current_classes()[1]
+
+
+def test_a_reload_that_changes_categories_says_a_restart_is_needed() -> None:
+    """Until the reload path calls Service.set_categories, SIGHUP reports the change instead of ignoring it."""
+    from stream.reload import plan_reload
+
+    old = parse_config(_config("    rename: {Abuse: Mistreatment}"))
+    new = parse_config(_config(ISSUE_EXAMPLE))
+    plan = plan_reload(old, new)
+    assert plan.empty and "model" in plan.restart_needed
