@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from stream.redact import install_output_redaction
+
+    install_output_redaction()  # every line the CLI prints (errors, tracebacks, logs) is redacted
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
