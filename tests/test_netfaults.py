@@ -64,13 +64,14 @@ def _config(tmp: Path, url: str, bundle: Path, transport: str) -> str:
 
 
 def _run_fault(ns: Any, rtsp_server: Any, bundle: Path, tmp: Path, transport: str, inject: Any, clear: Any,
-               bitrate_kbps: int = 120) -> dict[str, Any]:
+               bitrate_kbps: int = 120, pattern: str = "ball") -> dict[str, Any]:
     """Stream, inject the fault for FAULT_S seconds, clear it, keep streaming; returns the counts."""
     from stream.service import Service
     from tests.fixtures.rtsp import live_mount
 
     with ns.entered():
-        srv = rtsp_server({"/cam": live_mount(width=160, height=96, fps=FPS, bitrate_kbps=bitrate_kbps, key_int=FPS)})
+        srv = rtsp_server({"/cam": live_mount(width=160, height=96, fps=FPS, bitrate_kbps=bitrate_kbps, key_int=FPS,
+                                          pattern=pattern)})
         svc = Service(parse_config(_config(tmp, srv.url(), bundle, transport)), out=io.StringIO(), status_interval=0)
         svc.start()
     try:
@@ -136,13 +137,14 @@ def test_random_loss_is_counted_and_scoring_goes_on(netns, rtsp_server, tiny_bun
 
 
 def test_delay_jitter_and_reordering_over_udp(netns, rtsp_server, tiny_bundle_dir, tmp_path):
-    """Every media packet held 30 ms + up to 60 ms (NFQUEUE): packets overtake each other. Nothing is
+    """Every media packet held 20 ms + up to 150 ms (NFQUEUE), more than the 67 ms between frames, so
+    packets overtake each other. Nothing is
     dropped by the network, so frames lost stay a small share, decoding and scoring go on."""
     from tests.fixtures.netns import NfQueueDelay
 
     def inject() -> NfQueueDelay:
-        q = NfQueueDelay(delay=0.03, jitter=0.06).start()
-        netns.queue("udp length > 150")
+        q = NfQueueDelay(delay=0.02, jitter=0.15).start()
+        netns.queue(150, "udp")
         return q
 
     def clear(q: NfQueueDelay) -> dict[str, int]:
@@ -151,7 +153,7 @@ def test_delay_jitter_and_reordering_over_udp(netns, rtsp_server, tiny_bundle_di
         q.stop()
         return {"packets_delayed": q.packets, "packets_reordered": q.reordered}
 
-    row = _finish("delay_30ms_jitter_60ms_udp", _run_fault(netns, rtsp_server, tiny_bundle_dir, tmp_path, "udp",
+    row = _finish("delay_20ms_jitter_150ms_udp", _run_fault(netns, rtsp_server, tiny_bundle_dir, tmp_path, "udp",
                                                            inject, clear))
     assert row["packets_delayed"] > 0 and row["packets_reordered"] > 0, row
     assert row["frames_decoded"] >= 0.5 * row["frames_sent_estimate"], row
@@ -160,20 +162,20 @@ def test_delay_jitter_and_reordering_over_udp(netns, rtsp_server, tiny_bundle_di
 
 @pytest.mark.parametrize("transport", ["tcp", "udp"])
 def test_bandwidth_cap_below_the_stream_rate(netns, rtsp_server, tiny_bundle_dir, tmp_path, transport):
-    """``tbf`` at 150 kbit/s under a 400 kbit/s stream. Over UDP the qdisc drops what does not fit and the
+    """``tbf`` at 100 kbit/s under a 400 kbit/s stream (``snow``: noise, so x264 really spends the rate). Over UDP the qdisc drops what does not fit and the
     reader counts the missing frames; over TCP the server's sends back up. Either way the camera keeps
     scoring and no event is lost."""
 
     def inject() -> None:
-        netns.cap_bandwidth(150, burst_kb=8, latency_ms=100)
+        netns.cap_bandwidth(100, burst_kb=4, latency_ms=50)
 
     def clear(_: None) -> dict[str, int]:
         drops = netns.qdisc_drops()
         netns.uncap()
         return {"qdisc_drops": drops}
 
-    row = _finish(f"tbf_150kbit_{transport}", _run_fault(netns, rtsp_server, tiny_bundle_dir, tmp_path, transport,
-                                                         inject, clear, bitrate_kbps=400))
+    row = _finish(f"tbf_100kbit_{transport}", _run_fault(netns, rtsp_server, tiny_bundle_dir, tmp_path, transport,
+                                                         inject, clear, bitrate_kbps=400, pattern="snow"))
     assert row["frames_decoded"] < row["frames_sent_estimate"], row  # the cap really bit
     if transport == "udp":
         assert row["qdisc_drops"] > 0 and row["frames_lost"] + row["decode_errors"] > 0, row
