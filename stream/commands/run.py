@@ -17,7 +17,9 @@ def register(subparsers: Any) -> None:
         description="Read every enabled camera of the deployment config, score sliding windows of CLIP "
                     "embeddings with the DSANet head, and send alert events to the configured sinks. "
                     "Prints a status line per camera every few seconds and every alert as it happens. "
-                    "Stops cleanly on Ctrl-C / SIGTERM (open events end with reason 'shutdown').")
+                    "Stops cleanly on Ctrl-C / SIGTERM (open events end with reason 'shutdown'). "
+                    "Delivery is at-least-once: after a crash or a lost acknowledgement an event can arrive "
+                    "twice, so receivers de-duplicate on (id, seq) (see docs/events.md).")
     p.add_argument("-c", "--config", default=None, metavar="FILE",
                    help="deployment YAML (default: the bundled demo config, configs/demo.yaml)")
     p.add_argument("--duration", type=float, default=None, metavar="SECONDS",
