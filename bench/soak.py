@@ -247,6 +247,13 @@ def main(argv: list[str] | None = None) -> int:
                       **{k: v for k, v in figures.items()}, passed=int(not broken)))
     for b in broken:
         print(f"FAIL {b}")
+    results = os.environ.get("DSANET_RESULTS_DIR")
+    if results:  # bench/reliability_table.py renders this into docs/reliability.md
+        Path(results).mkdir(parents=True, exist_ok=True)
+        (Path(results) / "soak.json").write_text(json.dumps(
+            {"cameras": args.cameras, "minutes": args.minutes, "source": res["source"], "figures": figures,
+             "broken": broken, "limits": LIMITS, "load_1m": os.getloadavg()[0],
+             "summary": {k: {kk: round(vv, 2) for kk, vv in v.items()} for k, v in s.items()}}, indent=1))
     return 1 if broken and not args.no_assert else 0
 
 
