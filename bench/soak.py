@@ -168,7 +168,7 @@ def run_soak(cameras: int, seconds: float, source: str = "auto", width: int = 32
 # 2.9 GB a day; a worker thread or a socket per reconnect shows as threads/fds above warm-up; lag p95
 # above 2 s means the service no longer keeps up with its cameras; every dropped window is a miss.
 LIMITS = {"rss_slope_mb_per_min": 2.0, "threads_above_warm": 2, "fds_above_warm": 2, "lag_p95_s": 2.0,
-          "dropped": 0}
+          "dropped_after_warm": 0}
 
 
 def slope_per_min(xs: list[float], ys: list[float]) -> float:
@@ -199,7 +199,7 @@ def evaluate(res: dict[str, Any], interval: float = 1.0) -> tuple[dict[str, floa
         "lag_p95_s": round(p95([x["lag_max_s"] for x in after]), 3),
         "lag_p95_first_half_s": round(p95([x["lag_max_s"] for x in after[:half]]), 3),
         "lag_p95_second_half_s": round(p95([x["lag_max_s"] for x in after[half:]]), 3),
-        "dropped": samples[-1]["dropped"] - samples[w]["dropped"],
+        "dropped_after_warm": samples[-1]["dropped"] - samples[w]["dropped"],
     }
     broken = [f"{k}={figures[k]} > {limit}" for k, limit in LIMITS.items() if figures[k] > limit]
     return figures, broken
