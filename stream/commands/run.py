@@ -35,8 +35,8 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         obj = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
                "level": record.levelname, "logger": record.name, "message": record.getMessage()}
-        if record.exc_info:
-            obj["exception"] = self.formatException(record.exc_info)
+        if record.exc_info:  # exc_text: the traceback already redacted by stream.redact.RedactingFilter
+            obj["exception"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(obj, ensure_ascii=False)
 
 
