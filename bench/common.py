@@ -224,7 +224,7 @@ def cpu_seconds() -> float:
 
 def tiny_bundle(encoder_int8: bool = False) -> Path:
     """The tiny-CLIP bundle (real head architecture, random weights), built once into the bench cache."""
-    from export.onnx_export import build_tiny_bundle
+    from export.tiny_bundle import build_tiny_bundle
 
     out = cache_dir("bundles") / ("tiny-int8" if encoder_int8 else "tiny")
     if not (out / "bundle.json").is_file():
@@ -246,7 +246,7 @@ def vitb16_bundle(encoder_int8: bool = False) -> Path:
     from engine.clip import resolve_clip_dir
     from engine.model import DSANetConfig, build_model, text_width_of
     from engine.preprocess import Preprocessing
-    from export.onnx_export import ExportOptions, write_bundle
+    from export.bundle_writer import ExportOptions, write_bundle
 
     clip = resolve_clip_dir("tiny")
     torch.manual_seed(0)
@@ -262,8 +262,8 @@ def vitb16_bundle(encoder_int8: bool = False) -> Path:
 
 def make_clip(path: Path, seconds: float, width: int, height: int, fps: int = 25, seed: int = 0,
               events: Sequence[Any] = ()) -> Path:
-    """A generated H.264 scene (``export.demo_video``), cached by name."""
-    from export.demo_video import write_video
+    """A generated H.264 scene (``export.demo.video``), cached by name."""
+    from export.demo.video import write_video
 
     if not path.is_file():
         write_video(path, seconds, events, width, height, fps=fps, seed=seed)

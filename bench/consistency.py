@@ -123,7 +123,7 @@ def head_score_fn(checkpoint: Path | None, clip: Path, threads: int) -> tuple[Ca
         head = build_head(seed=0)
         onnx = export_cached(head, cache_dir("head"))
     else:
-        from export.trainer import load_checkpoint
+        from export.checkpoint import load_checkpoint
 
         head = load_checkpoint(checkpoint, clip).eval().inference_head().eval()
         onnx = cache_dir("consistency") / f"head-{sha256_file(checkpoint)[:16]}.onnx"

@@ -106,7 +106,7 @@ def bench_model(model: str, batches: list[int], threads: int, iters: int, budget
     import torch
 
     from engine.runtimes.torch import make_encoder_module
-    from export.onnx_export import parity_images
+    from export.parity import parity_images
 
     vision = build_vision(model)
     size = int(vision.config.image_size)

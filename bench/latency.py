@@ -56,7 +56,7 @@ def demo_assets(say: Any = print) -> tuple[Path, Path]:
 
 def event_clip() -> Path:
     """12 s, 640x360, one abnormal span (a class the demo model learnt) at 4-8 s; cached."""
-    from export.demo_video import EVENT_CLASSES, EventSpan, write_video
+    from export.demo.video import EVENT_CLASSES, EventSpan, write_video
 
     clip = cache_dir("clips") / f"event_{EVENT_CLASSES[1]}_{PERIOD:g}s.mp4"
     if not clip.is_file():

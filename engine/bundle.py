@@ -28,6 +28,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from engine.atomic import atomic_write
 from engine.errors import BundleError, InputError
 from engine.preprocess import Preprocessing
 
@@ -207,9 +208,57 @@ class Bundle(_Strict):
         return {k: d[k] for k in type(self).model_fields if k in d}
 
     def write(self, directory: str | os.PathLike[str]) -> Path:
-        path = Path(directory) / BUNDLE_JSON
-        path.write_text(json.dumps(self.to_json_dict(), indent=2) + "\n")
-        return path
+        """Write ``bundle.json`` atomically (a crash leaves the old file or the new one, never half)."""
+        return atomic_write(Path(directory) / BUNDLE_JSON, json.dumps(self.to_json_dict(), indent=2) + "\n")
+
+    def describe(self) -> str:
+        """Human-readable summary (``dsanet bundle-info``): what the bundle holds and how it was checked."""
+        src = self.source
+        lines = [
+            f"bundle {self.name} (format {self.format_version}) at {self.root}",
+            f"  created       {self.created_utc}",
+            f"  classes ({self.num_classes}): " + ", ".join(
+                f"{c} ({d})" if d != c else c for c, d in zip(self.class_names, self.display_names, strict=True)),
+            f"  snippets      {self.snippet_frames} frames at {self.snippet_fps:g} fps = "
+            f"{self.snippet_seconds:.3f} s each; window up to {self.max_window} snippets",
+            f"  embedding     {self.embedding_width}-d, tau {self.tau:g}",
+            f"  preprocessing {json.dumps(self.preprocessing.to_dict())}",
+            f"  encoder       {self.encoder.file} ({self.encoder.quantization or 'fp32'}, max batch {self.encoder.max_batch})",
+            f"  head          {self.head.file} (max batch {self.head.max_batch})",
+            f"  torch weights {'yes' if self.torch else 'no (onnxruntime only)'}",
+            f"  source        checkpoint {src.checkpoint or '-'} sha256 {(src.checkpoint_sha256 or '-')[:16]}"
+            f" preset {src.preset or '-'} clip {src.clip or '-'}"
+            + ("  [TINY RANDOM CLIP: scores are meaningless]" if src.tiny_clip else ""),
+            f"  ONNX opset    {self.onnx_opset}",
+            "  tools         " + ", ".join(f"{k} {v}" for k, v in self.tools.items()),
+            f"  parity        {describe_parity(self.parity) or 'not recorded'}",
+        ]
+        h = self.parity.get("head")
+        if h:
+            for r in h["cases"]:
+                lines.append(f"                B={r['batch']} T={r['window']}: scores {r['scores_max_abs']:.2e}, "
+                             f"class_probs {r['class_probs_max_abs']:.2e}")
+        if self.evaluation:
+            lines.append("  evaluation    " + ", ".join(f"{k} {v}" for k, v in self.evaluation.items()))
+        lines.append(f"  files ({len(self.files)}):")
+        for name, entry in sorted(self.files.items()):
+            lines.append(f"    {name:<36} {entry.bytes:>12,d} B  sha256 {entry.sha256[:16]}")
+        return "\n".join(lines)
+
+
+def describe_parity(parity: dict[str, Any]) -> str:
+    """One line of the parity figures ``dsanet export`` measured (``bundle.json``'s ``parity``)."""
+    parts = []
+    h = parity.get("head")
+    if h:
+        parts.append(f"head max|diff| scores {h['scores_max_abs']:.2e}, class_probs {h['class_probs_max_abs']:.2e} "
+                     f"(<= {h['tolerance']:.0e}: {'ok' if h['passed'] else 'FAIL'})")
+    for key in ("encoder", "encoder_int8"):
+        e = parity.get(key)
+        if e:
+            parts.append(f"{key} min cosine {e['min_cosine']:.6f} (>= {e['min_required']}: "
+                         f"{'ok' if e['passed'] else 'FAIL'})")
+    return "; ".join(parts)
 
 
 # --- graph inspection ---------------------------------------------------------------------------

@@ -29,3 +29,8 @@ class DataError(DsanetError):
 
 class CheckpointError(DsanetError):
     """A training checkpoint is missing, damaged, or belongs to another preset, shape or CLIP."""
+
+
+class RuntimeFailure(DsanetError):
+    """The command's input was fine but the work failed (an exporter crash, a failed parity check, a
+    diverged training run): ``dsanet`` exits 1 for these and 2 for every other ``DsanetError``."""

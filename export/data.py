@@ -24,6 +24,7 @@ provenance keys). ``DIR/list/snippets.json`` is also accepted.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -33,11 +34,14 @@ from typing import Any
 
 import numpy as np
 
+from engine.atomic import atomic_write
+from engine.bundle import DEFAULT_MAX_WINDOW
 from engine.errors import DataError
+from engine.snippet_contract import DEFAULT_SNIPPET_FRAMES
 
 FEATURE_DIM = 512
-MAX_LEN = 256
-SNIPPET_FRAMES = 16
+MAX_LEN = DEFAULT_MAX_WINDOW  # training sequence length: the head's largest window
+SNIPPET_FRAMES = DEFAULT_SNIPPET_FRAMES
 SNIPPET_INFO_FILE = "snippets.json"
 
 PRESETS = ("ucf", "xd")
@@ -182,12 +186,12 @@ def write_list(csv_path: str | os.PathLike[str], rows: Iterable[tuple[str, str]]
     """Write a list CSV with header ``path,label`` (paths as given, e.g. relative to the data set folder)."""
     csv_path = Path(csv_path)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
-    with csv_path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(["path", "label"])
-        for path, label in rows:
-            writer.writerow([str(path), label])
-    return csv_path
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "label"])
+    for path, label in rows:
+        writer.writerow([str(path), label])
+    return atomic_write(csv_path, buf.getvalue())  # re-runs merge into the list: never leave it half-written
 
 
 def load_features(path: str | os.PathLike[str], width: int = FEATURE_DIM) -> np.ndarray:
@@ -365,8 +369,7 @@ def write_snippet_info(data_root: str | os.PathLike[str], snippet_frames: int, s
             "snippet_seconds": float(snippet_seconds), **extra}
     path = Path(data_root) / SNIPPET_INFO_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    return path
+    return atomic_write(path, json.dumps(info, indent=2, sort_keys=True) + "\n")
 
 
 def snippet_info(data_root: str | os.PathLike[str]) -> dict[str, Any] | None:

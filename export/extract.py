@@ -11,18 +11,14 @@ only the centre view ``<video>__0.npy``.
 
 Which frame represents a snippet (the live service must choose the same one, or its embeddings would
 not match what the head was trained on): **the middle frame**, index ``n // 2`` of the n frames the
-snippet holds (frame 8 of 16). The middle frame is the one closest in time to every other frame of the
-snippet, so it represents the snippet best when motion is fast, and the rule needs nothing but the
-frames the snippet received, so a live reader that drops frames still picks a well-defined frame. It is
-this torch-free function (``stream`` re-implements it; it must not import ``export``)::
-
-    def snippet_frame_offset(n_frames: int) -> int:
-        return n_frames // 2
+snippet holds (frame 8 of 16). That rule, how the candidate frames are held, the boundary tolerance of
+time-cut snippets and which trailing snippet is kept are :mod:`engine.snippet_contract`, which the live
+side (``stream.snippets``) imports too.
 
 A video's trailing frames that do not fill a whole 16-frame snippet are dropped (T = frames // 16);
 in ``--snippet-seconds`` mode the last snippet is kept only if it holds at least half as many frames
 as a full one. VadCLIP does not document whether its rows are one frame or a mean of 16; this choice is
-ours (spec 6.11).
+ours (see docs/model.md).
 
 Output in ``--out DIR``: ``DIR/features/<video>__<k>.npy`` ([T, 512] float32),
 ``DIR/list/<list name>`` (``path,label``, paths relative to DIR; rows for the same files are replaced
@@ -45,19 +41,20 @@ from typing import Any
 import numpy as np
 
 from engine.errors import DataError
+from engine.snippet_contract import (
+    FRAME_RULE,
+    FRAME_RULE_TEXT,
+    MiddleFrameHolder,
+    embedded_frame_index,
+    extractor_keeps_tail,
+    snippet_number,
+)
 from export.data import SNIPPET_FRAMES, SNIPPET_INFO_FILE, write_list, write_snippet_info
 
 log = logging.getLogger(__name__)
 
-FRAME_RULE = "middle"
 DEFAULT_LIST = "extracted.csv"
-
-
-def snippet_frame_offset(n_frames: int) -> int:
-    """Index, within a snippet of ``n_frames`` frames, of the frame that is embedded: the middle one."""
-    if n_frames < 1:
-        raise ValueError(f"a snippet needs at least one frame, got {n_frames}")
-    return n_frames // 2
+snippet_frame_offset = embedded_frame_index  # the contract's rule, under the extractor's historical name
 
 
 @dataclass
@@ -110,17 +107,13 @@ def iter_snippet_frames(path: str | os.PathLike[str], snippet_seconds: float | N
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         fps = _fps(stream, path)
-        # frames that can still be the middle one: after k frames the final middle index n // 2 is at
-        # least k // 2, so earlier frames are released (about half a snippet of decoded frames is held)
-        held: list[Any] = []
-        held_from = 0  # snippet index of held[0]
-        count = 0
+        held: MiddleFrameHolder[Any] = MiddleFrameHolder()  # frames that may still be the middle one
         group_key: int | None = None
-        full = SNIPPET_FRAMES if snippet_seconds is None else max(1.0, snippet_seconds * fps)
+        full = None if snippet_seconds is None else max(1.0, snippet_seconds * fps)
         t0: float | None = None
 
         def chosen() -> np.ndarray:
-            return held[snippet_frame_offset(count) - held_from].to_ndarray(format="rgb24")
+            return held.chosen().to_ndarray(format="rgb24")
 
         try:
             for i, frame in enumerate(container.decode(stream)):
@@ -129,24 +122,17 @@ def iter_snippet_frames(path: str | os.PathLike[str], snippet_seconds: float | N
                 else:
                     t = frame.time if frame.time is not None else i / fps
                     t0 = t if t0 is None else t0
-                    key = int(np.floor((t - t0) / snippet_seconds + 1e-9))
+                    key = snippet_number(t, t0, snippet_seconds)
                 if group_key is not None and key != group_key:
-                    if snippet_seconds is not None or count == SNIPPET_FRAMES:
-                        yield count, chosen()
-                    held, held_from, count = [], 0, 0
+                    if snippet_seconds is not None or held.count == SNIPPET_FRAMES:
+                        yield held.count, chosen()
+                    held.reset()
                 group_key = key
-                held.append(frame)
-                count += 1
-                drop = count // 2 - held_from
-                if drop > 0:
-                    del held[:drop]
-                    held_from += drop
+                held.add(frame)
         except av.error.FFmpegError as exc:
             raise DataError(f"video {path} is corrupt: decoding failed: {exc}") from exc
-        if count:
-            complete = count == SNIPPET_FRAMES if snippet_seconds is None else count >= full / 2
-            if complete:
-                yield count, chosen()
+        if held.count and extractor_keeps_tail(held.count, SNIPPET_FRAMES, full):
+            yield held.count, chosen()
     finally:
         container.close()
 
@@ -305,5 +291,5 @@ def _write_info(out: Path, details: dict[str, dict[str, Any]], crops: int, snipp
     else:
         frames, seconds, mode = max(1, round(snippet_seconds * fps)), snippet_seconds, "seconds"
     write_snippet_info(out, frames, fps, seconds, source="extract-features", snippet_mode=mode,
-                       frame_rule=FRAME_RULE, frame_offset="n // 2 of the snippet's n frames", crops=crops,
+                       frame_rule=FRAME_RULE, frame_offset=FRAME_RULE_TEXT, crops=crops,
                        clip=str(clip_dir), videos=videos)

@@ -36,8 +36,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from engine.errors import DataError
+from engine.snippet_contract import DEFAULT_SNIPPET_FRAMES
 
-SNIPPET_FRAMES = 16
+SNIPPET_FRAMES = DEFAULT_SNIPPET_FRAMES  # frames per ground-truth row
 IOUS = (0.1, 0.2, 0.3, 0.4, 0.5)
 THRESHOLD_RATIO = 0.6  # np.arange(0.6, 0.7, 0.1) == [0.6] in the official code
 NMS_IOU = 0.6

@@ -15,7 +15,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from engine.bundle import DEFAULT_MAX_WINDOW
 from engine.errors import DsanetError
+from engine.snippet_contract import DEFAULT_SNIPPET_FRAMES
 
 
 class TrainConfigError(DsanetError):
@@ -30,14 +32,14 @@ class DataSection(_Strict):
     train_list: str = Field(description="Training list CSV (path,label), relative to --data-root unless absolute.")
     test_list: str = Field(description="Test list CSV, relative to --data-root unless absolute; ground truth is "
                                        "looked up next to it (DATA_ROOT/list/).")
-    snippet_frames: int = Field(16, ge=1, description="Frames per feature row, used when the features carry no "
+    snippet_frames: int = Field(DEFAULT_SNIPPET_FRAMES, ge=1, description="Frames per feature row, used when the features carry no "
                                                       "snippets.json.")
     snippet_fps: float = Field(description="Video frame rate used when the features carry no snippets.json "
                                            "(UCF-Crime 30, XD-Violence 24).", gt=0)
 
 
 class ModelSection(_Strict):
-    visual_length: int = Field(256, ge=1, description="Snippets per sequence: longer training videos are "
+    visual_length: int = Field(DEFAULT_MAX_WINDOW, ge=1, description="Snippets per sequence: longer training videos are "
                                                       "average-pooled to it, test videos are cut into chunks of it.")
     visual_width: int = Field(512, ge=8, description="Width of the backbone (= CLIP embedding width, 512).")
     visual_heads: int = Field(1, ge=1, description="Attention heads of the local temporal transformer.")

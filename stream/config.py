@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -21,22 +22,19 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 
+from engine.bundle import DEFAULT_MAX_WINDOW
 from engine.errors import DsanetError
 from stream.redact import redact, register_secret, url_password_candidates
 from stream.window import DEFAULT_LOOKAHEAD
 
 URL_SCHEMES = ("rtsp", "rtsps", "http", "https", "file")
-DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
-DEMO_DIR = Path(__file__).resolve().parent.parent / ".cache" / "demo"
-
-
-def use_demo_defaults() -> Path:
-    """Point ``${DSANET_DEMO_DIR}`` in the demo config at the repository's demo cache unless set."""
-    return Path(os.environ.setdefault("DSANET_DEMO_DIR", str(DEMO_DIR)))
+from engine.demo_paths import DEMO_CONFIG, DEMO_DIR, use_demo_defaults  # noqa: E402,F401  (moved there)
 
 
 class ConfigError(DsanetError):
@@ -75,7 +73,7 @@ class IngestConfig(_Model):
 class WindowConfig(_Model):
     """The sliding window of snippet embeddings scored by the head."""
 
-    length: int = Field(64, ge=1, le=256, description="Snippets in the window (at most the bundle's maximum, 256).")
+    length: int = Field(64, ge=1, le=DEFAULT_MAX_WINDOW, description=f"Snippets in the window (at most the bundle's maximum, {DEFAULT_MAX_WINDOW}).")
     lookahead: int = Field(DEFAULT_LOOKAHEAD, ge=0, le=64, description=(
         "Snippets behind the newest at which a score is reported: the head is not causal, so a lookahead "
         "trades latency (lookahead x snippet duration) for agreement with offline scoring."))
@@ -88,14 +86,18 @@ class WindowConfig(_Model):
 
 
 class EventsConfig(_Model):
-    """When an anomaly becomes an alert event, and when it ends."""
+    """When an anomaly becomes an alert event, and when it ends.
+
+    The one declaration of the event settings: per-camera overrides (:data:`EventsOverride`), the event
+    machine's ``stream.events.EventSettings`` and ``dsanet score``'s options are derived from these fields.
+    """
 
     on_threshold: float = Field(0.6, ge=0, le=1, description="Score at or above which an event may start.")
     off_threshold: float = Field(0.4, ge=0, le=1, description="Score below which an open event may end (hysteresis).")
-    min_duration: float = Field(1.0, ge=0, description="Seconds the score must stay >= on_threshold before a start.")
-    hold: float = Field(3.0, ge=0, description="Seconds the score must stay < off_threshold before an end.")
-    cooldown: float = Field(10.0, ge=0, description="Seconds after an end during which the same category cannot start again.")
-    update_interval: float = Field(5.0, ge=0, description="Minimum seconds between two update events of one event.")
+    min_duration: float = Field(1.0, ge=0, allow_inf_nan=False, description="Seconds the score must stay >= on_threshold before a start.")
+    hold: float = Field(3.0, ge=0, allow_inf_nan=False, description="Seconds the score must stay < off_threshold before an end.")
+    cooldown: float = Field(10.0, ge=0, allow_inf_nan=False, description="Seconds after an end during which the same category cannot start again.")
+    update_interval: float = Field(5.0, ge=0, allow_inf_nan=False, description="Minimum seconds between two update events of one event.")
 
     @model_validator(mode="after")
     def _hysteresis(self) -> EventsConfig:
@@ -103,23 +105,44 @@ class EventsConfig(_Model):
             raise ValueError(f"off_threshold ({self.off_threshold}) must be <= on_threshold ({self.on_threshold})")
         return self
 
+    def derive(self, update: Mapping[str, Any], where: str = "events") -> EventsConfig:
+        """These settings with ``update`` applied, validated; ``ValueError`` with one line naming ``where``."""
+        if not update:
+            return self
+        try:
+            return type(self).model_validate({**self.model_dump(), **update})
+        except ValidationError as exc:
+            raise ValueError(f"{where}: " + "; ".join(_describe_short(e) for e in exc.errors())) from None
+
+
+def _describe_short(err: Any) -> str:
+    loc = ".".join(str(x) for x in err.get("loc", ()))
+    msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    return f"{loc}: {msg}" if loc else msg
+
+
+def _overrides_of(model: type[BaseModel], name: str, doc: str) -> type[BaseModel]:
+    """A model with every field of ``model`` optional (``None`` = keep the global value), same bounds."""
+    fields: dict[str, Any] = {}
+    for key, info in model.model_fields.items():
+        copy = FieldInfo.merge_field_infos(info, default=None)
+        fields[key] = (info.annotation | None, copy)  # type: ignore[operator]
+    return create_model(name, __base__=_Model, __doc__=doc, **fields)
+
 
 class WindowOverride(_Model):
     """Per-camera override of the window section; unset fields keep the global value."""
 
-    length: int | None = Field(None, ge=1, le=256, description="Snippets in this camera's window.")
+    length: int | None = Field(None, ge=1, le=DEFAULT_MAX_WINDOW, description="Snippets in this camera's window.")
     lookahead: int | None = Field(None, ge=0, le=64, description="This camera's lookahead in snippets.")
 
 
-class EventsOverride(_Model):
-    """Per-camera override of the events section; unset fields keep the global value."""
-
-    on_threshold: float | None = Field(None, ge=0, le=1, description="Start threshold for this camera.")
-    off_threshold: float | None = Field(None, ge=0, le=1, description="End threshold for this camera.")
-    min_duration: float | None = Field(None, ge=0, description="Minimum duration before a start, seconds.")
-    hold: float | None = Field(None, ge=0, description="Seconds below off_threshold before an end.")
-    cooldown: float | None = Field(None, ge=0, description="Cooldown per category, seconds.")
-    update_interval: float | None = Field(None, ge=0, description="Minimum seconds between updates.")
+if TYPE_CHECKING:
+    EventsOverride = EventsConfig
+else:
+    EventsOverride = _overrides_of(
+        EventsConfig, "EventsOverride",
+        "Per-camera override of the events section; unset fields keep the global value.")
 
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,63}$")
@@ -183,12 +206,15 @@ class ModelConfig(_Model):
         return v
 
 
-class _SinkBase(_Model):
+class SinkConfigBase(_Model):
+    """What every sink config has; a sink registered by a plugin takes a subclass of its own."""
+
+    type: str = Field(description="Sink type (the registry name).")
     name: str | None = Field(None, description="Name in metrics and logs (defaults to the type).")
     spool_max_events: int = Field(10000, ge=1, description="Events kept on disk for retry; when full the oldest is dropped and counted.")
 
 
-class JsonlSinkConfig(_SinkBase):
+class JsonlSinkConfig(SinkConfigBase):
     """Append one JSON line per event to a file."""
 
     type: Literal["jsonl"] = Field(description="Sink type.")
@@ -196,14 +222,14 @@ class JsonlSinkConfig(_SinkBase):
     fsync: bool = Field(True, description="fsync the file when an event ends.")
 
 
-class StdoutSinkConfig(_SinkBase):
+class StdoutSinkConfig(SinkConfigBase):
     """Print events to standard output."""
 
     type: Literal["stdout"] = Field(description="Sink type.")
     format: Literal["text", "json"] = Field("text", description="One readable line per event, or its JSON.")
 
 
-class WebhookSinkConfig(_SinkBase):
+class WebhookSinkConfig(SinkConfigBase):
     """POST every event as JSON."""
 
     type: Literal["webhook"] = Field(description="Sink type.")
@@ -224,7 +250,7 @@ class WebhookSinkConfig(_SinkBase):
         return v
 
 
-class MqttSinkConfig(_SinkBase):
+class MqttSinkConfig(SinkConfigBase):
     """Publish events and live scores to an MQTT broker (Frigate-style topics)."""
 
     type: Literal["mqtt"] = Field(description="Sink type.")
@@ -310,9 +336,8 @@ class DeploymentConfig(_Model):
             w = self.window_for(cam)
             if w.lookahead >= w.length:
                 raise ValueError(f"cameras[{i}].window: lookahead ({w.lookahead}) must be smaller than length ({w.length})")
-            e = self.events_for(cam)
-            if e.off_threshold > e.on_threshold:
-                raise ValueError(f"cameras[{i}].events: off_threshold must be <= on_threshold")
+            if cam.events is not None:  # the merged settings are validated here, once, at load
+                self.events.derive(cam.events.model_dump(exclude_none=True), f"cameras[{i}].events")
         return self
 
     def window_for(self, camera: CameraConfig) -> WindowConfig:
@@ -325,7 +350,7 @@ class DeploymentConfig(_Model):
         """The global events section with this camera's overrides applied."""
         if camera.events is None:
             return self.events
-        return self.events.model_copy(update=camera.events.model_dump(exclude_none=True))
+        return self.events.derive(camera.events.model_dump(exclude_none=True), f"camera {camera.name!r}: events")
 
     def sink_name(self, index: int) -> str:
         s = self.sinks[index]
@@ -429,7 +454,7 @@ def _error_path(loc: tuple[Any, ...], raw: Any) -> tuple[Any, ...]:
     return tuple(out)
 
 
-def _describe(err: dict[str, Any]) -> str:
+def _describe(err: Mapping[str, Any]) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
         return "unknown key"

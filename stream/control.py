@@ -9,49 +9,21 @@ puts them on bounded per-client queues and counts what it drops).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from stream.types import CameraSnapshot, ScoreRecord
 
 if TYPE_CHECKING:
     from stream.config import CameraConfig
 
 
-@dataclass(frozen=True)
-class CameraSnapshot:
-    """One camera as an operator sees it now. ``url`` is already redacted."""
-
-    name: str
-    url: str
-    enabled: bool
-    state: str  # stream.reader.CameraState value, or "disabled"
-    fps: float  # frames per second over the last few seconds
-    lag_seconds: float | None  # capture of the newest scored snippet -> now
-    score: float | None  # latest reported anomaly score
-    category: str | None  # latest top non-normal class name
-    on_threshold: float
-    off_threshold: float
-    event_open: bool
-    frames: int
-    snippets: int
-    scores: int
-    reconnects: int
-
-
-@dataclass(frozen=True)
-class ScoreRecord:
-    """One reported score of one camera, as the live feed carries it."""
-
-    camera: str
-    index: int
-    start_time: float
-    end_time: float
-    score: float
-    category: str | None
-    category_score: float | None
-
-
 Listener = Callable[[ScoreRecord | dict[str, Any]], None]
-"""Receives a ``ScoreRecord`` per reported score and an event payload dict (docs/events.md) per event."""
+"""Receives a ``ScoreRecord`` per reported score and an event payload dict (docs/events.md) per event.
+
+The service calls listeners from one listener thread fed by a bounded queue (drop oldest, counted as
+``dsanet_dropped_total{stage="listener"}``), so a slow listener costs only its own records."""
+
+__all__ = ["CameraSnapshot", "Listener", "ScoreRecord", "ServiceControl"]
 
 
 @runtime_checkable

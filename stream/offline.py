@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.bundle import DEFAULT_MAX_WINDOW
 from engine.errors import DataError, DsanetError
 from stream.events import Event, EventMachine, EventSettings
 from stream.reader import LazyFrame, MediaClock
@@ -322,7 +323,7 @@ def embed_snippets(snippets: Iterator[Snippet], embed: Callable[[np.ndarray], np
 
 def window_scores(embeddings: Sequence[SnippetEmbedding],
                   score_fn: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
-                  length: int, lookahead: int, batch: int = DEFAULT_BATCH, max_window: int = 256,
+                  length: int, lookahead: int, batch: int = DEFAULT_BATCH, max_window: int = DEFAULT_MAX_WINDOW,
                   camera: str = "video") -> list[WindowScore]:
     """Every snippet's score as the live service reports it: the live window and lookahead, flush included.
 
@@ -385,7 +386,7 @@ def score_video(video: str | os.PathLike[str], models: tuple[Any, Any, Any], *, 
     path = Path(video)
     cam = camera or path.stem or "video"
     settings = EventSettings.from_config(events)
-    max_window = int(getattr(bundle, "max_window", 256))
+    max_window = int(getattr(bundle, "max_window", DEFAULT_MAX_WINDOW))
     length, lookahead = resolve_window(window, lookahead, max_window)
     spec = SnippetSpec.from_bundle(bundle)
     class_names = tuple(bundle.class_names)

@@ -191,7 +191,7 @@ class EncoderWorker(_Worker):
             todo.append(s)
         if todo:
             if all(s.pixels is not None for s in todo):  # prepared in the readers' threads
-                pixels = np.stack([s.pixels for s in todo])
+                pixels = np.stack([s.pixels for s in todo if s.pixels is not None])
             else:
                 pixels = self.preprocess([s.frame.image for s in todo])
             t0 = time.monotonic()

@@ -1,11 +1,14 @@
-"""The live service: wires readers, snippet cutters, the two batching workers, windows, event machines,
-sinks and metrics, and shuts them down in order.
+"""The live service: one :class:`stream.camera.CameraPipeline` per camera in a registry, the two shared
+batching workers, the event path (evidence stage -> delivery -> sinks), metrics, runtime control
+(``stream.control.ServiceControl``) and the ordered shutdown.
 
-Data flow and threads::
+Data flow and threads (one way; docs/architecture.md has the diagram)::
 
     reader thread per camera --(SnippetCutter, in that thread)--> encoder queue (bounded, drop oldest)
-      --> encoder worker --(EmbeddingWindow per camera)--> head queue (bounded, drop oldest)
-      --> head worker --> metrics, status, EventMachine per camera --> sinks (own spool + worker each)
+      --> encoder worker --(camera's EmbeddingWindow)--> head queue (bounded, drop oldest)
+      --> head worker --(camera's EventMachine)--> events --> evidence stage (holds ends; own thread)
+      --> EventDelivery --> sinks (own spool + worker each); scores and events also go to the listener
+      queue (bounded, drop oldest) and its thread
 
 Every hand-over is non-blocking, so a stuck camera, a slow model or a dead webhook only ever costs
 its own work (dropped and counted), never another camera's.
@@ -24,9 +27,9 @@ a deadline so the whole takes at most ``shutdown_timeout`` (10 s):
 7. stop the metrics endpoint.
 
 Evidence (``evidence.enabled``): each reader also feeds a bounded ring of compressed packets, every score
-passes the evidence manager (peak frame) before the event machine, and an ``end`` event is held by the
+passes the evidence stage (peak frame) before the event machine, and an ``end`` event is held by the
 evidence worker until its snapshot and clip are written (at most ``post_roll`` of capture time later);
-starts and updates are never delayed.
+starts and updates pass straight on.
 
 Open events are also journalled on disk (``stream.events.OpenEventJournal`` under the spool directory), so
 after a crash the next start ends them with ``reason: restart_recovery``.
@@ -39,88 +42,57 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
 from engine.errors import DsanetError
 from stream import __version__
+from stream.camera import CameraPipeline, CameraRegistry, CameraStatus
+from stream.config import CameraConfig, DeploymentConfig, EventsConfig
+from stream.control import Listener
+from stream.delivery import EventDelivery
+from stream.events import (
+    REASON_CAMERA_DISABLED,
+    REASON_CAMERA_REMOVED,
+    REASON_SHUTDOWN,
+    Event,
+    EventMachine,
+    OpenEventJournal,
+)
+from stream.listeners import ListenerHub
 from stream.metrics import Metrics, MetricsServer
-from stream.reader import CameraReader, CameraState, make_reader_settings
+from stream.models import Models
+from stream.reader import CameraReader, make_reader_settings
 from stream.redact import redact
 from stream.scoring import DropOldestQueue, EncoderWorker, HeadWorker
+from stream.sinks.base import Sink
 from stream.snippets import SnippetCutter, SnippetSpec
-from stream.types import Snippet, SnippetEmbedding, WindowScore
-from stream.window import EmbeddingWindow, WindowJob
+from stream.types import CameraSnapshot, ScoreRecord, Snippet, SnippetEmbedding, WindowJob, WindowScore
+from stream.window import EmbeddingWindow
+
+if TYPE_CHECKING:
+    from stream.evidence import EvidenceManager
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_TIMEOUT = 10.0
 STATUS_INTERVAL = 5.0
+REMOVE_JOIN_TIMEOUT = 2.0  # a removed camera's reader gets this long to leave a blocking read
 
-
-@dataclass
-class Models:
-    """What the service needs from a bundle; ``load_models`` provides it, tests may pass fakes.
-
-    ``bundle`` needs ``snippet_frames``, ``snippet_fps``, ``class_names``, ``display_names``,
-    ``max_window`` and ``name``; ``encoder.embed`` and ``head.score`` as in ``engine.runtime``.
-    """
-
-    bundle: Any
-    encoder: Any
-    head: Any
-    preprocess: Callable[[list[np.ndarray]], np.ndarray]
-    runtime: str = "unknown"
-    encoder_max_batch: int = 64
-    head_max_batch: int = 64
-
-    @classmethod
-    def load(cls, model_cfg: Any) -> Models:
-        from engine.runtime import load_models
-
-        bundle, encoder, head = load_models(model_cfg.bundle, runtime=model_cfg.runtime, device=model_cfg.device,
-                                            precision=model_cfg.precision, threads=model_cfg.threads)
-        desc = head.describe() if hasattr(head, "describe") else {}
-        runtime = str(desc.get("runtime") or desc.get("name") or model_cfg.runtime) if isinstance(desc, dict) \
-            else model_cfg.runtime
-        return cls(bundle=bundle, encoder=encoder, head=head, preprocess=bundle.preprocessing, runtime=runtime,
-                   encoder_max_batch=encoder.max_batch, head_max_batch=head.max_batch)
-
-
-@dataclass
-class CameraStatus:
-    """Live per-camera numbers for the status line (written by the head worker, read by the status loop)."""
-
-    score: float | None = None
-    category: str | None = None
-    lag: float | None = None
-    scored: int = 0
-    open_event: str | None = None
-    last_alert: str | None = None
-    frames_at_last_status: int = 0
-    fps: float = 0.0
-
-
-@dataclass
-class _Camera:
-    name: str
-    reader: CameraReader
-    cutter: SnippetCutter
-    window: EmbeddingWindow
-    machine: Any
-    status: CameraStatus = field(default_factory=CameraStatus)
+__all__ = ["CameraStatus", "Models", "Service"]
 
 
 class Service:
-    """One running deployment. ``run()`` blocks until stopped and returns the exit code."""
+    """One running deployment; implements ``stream.control.ServiceControl``. ``run()`` blocks until
+    stopped and returns the exit code."""
 
-    def __init__(self, cfg: Any, models: Models | None = None, metrics: Metrics | None = None,
+    def __init__(self, cfg: DeploymentConfig, models: Models | None = None, metrics: Metrics | None = None,
                  out: TextIO | None = None, status_interval: float = STATUS_INTERVAL,
-                 shutdown_timeout: float = SHUTDOWN_TIMEOUT, sinks: Sequence[Any] | None = None):
+                 shutdown_timeout: float = SHUTDOWN_TIMEOUT, sinks: Sequence[Sink] | None = None):
         self.cfg = cfg
         self.out = out if out is not None else sys.stdout
         self.status_interval = status_interval
@@ -129,20 +101,19 @@ class Service:
         self._stop = threading.Event()
         self.stop_reason: str | None = None
         self._print_lock = threading.Lock()
-        self.events: list[Any] = []  # every event emitted in this run (status, tests)
-        self._events_lock = threading.Lock()
+        self._control = threading.RLock()  # one control call at a time (add/remove/enable)
         self._started = False
         self._shut = False
         self.server: MetricsServer | None = None
 
-        cameras_cfg = [c for c in cfg.cameras if getattr(c, "enabled", True)]
-        if not cameras_cfg:
+        if not cfg.enabled_cameras:
             raise DsanetError("no enabled camera in the config: enable at least one under 'cameras'")
         self.models = models or Models.load(cfg.model)
         self.metrics.set_model_loaded(True)
         b = self.models.bundle
         self.spec = SnippetSpec.from_bundle(b)
-        self.metrics.build_info(__version__, str(getattr(b, "name", "bundle")), self.models.runtime)
+        self.max_window = int(b.max_window)
+        self.metrics.build_info(__version__, str(b.name), self.models.runtime)
 
         m = cfg.model
         self.encoder_queue: DropOldestQueue[Snippet] = DropOldestQueue(
@@ -156,46 +127,9 @@ class Service:
         self.head = HeadWorker(self.head_queue, self.models.head.score, self._on_scores,
                                max_batch=max(1, min(m.head_batch, self.models.head_max_batch)),
                                max_wait=m.head_max_wait, metrics=self.metrics)
+        self.model_info = {"name": b.name, "hash": _short_hash(b)}
 
-        from stream.events import EventMachine, OpenEventJournal
-
-        model_info = {"name": getattr(b, "name", None), "hash": _short_hash(b)}
-        self.cameras: dict[str, _Camera] = {}
-        self.evidence: Any = None
-        ev_cfg = getattr(cfg, "evidence", None)
-        if ev_cfg is not None and getattr(ev_cfg, "enabled", False):
-            from stream.evidence import EvidenceManager
-
-            self.evidence = EvidenceManager(ev_cfg, self._dispatch, self.metrics)
-        max_window = int(getattr(b, "max_window", 256))
-        for cam in cameras_cfg:
-            wcfg = cfg.window_for(cam) if hasattr(cfg, "window_for") else cfg.window
-            length = int(wcfg.length)
-            if length > max_window:
-                raise DsanetError(f"camera {cam.name!r}: window.length {length} is longer than the bundle's "
-                                  f"max_window {max_window}")
-            window = EmbeddingWindow(length, int(wcfg.lookahead), camera=cam.name, max_window=max_window)
-            cutter = SnippetCutter(cam.name, self.spec, self._snippet_emitter(cam.name), prepare=self._prepare)
-            ecfg = cfg.events_for(cam) if hasattr(cfg, "events_for") else cfg.events
-            ring = None
-            if self.evidence is not None:
-                ring = self.evidence.add_camera(cam.name, float(getattr(ecfg, "on_threshold", 0.6)),
-                                                ring_seconds=self._ring_seconds(ecfg, int(wcfg.lookahead)))
-            reader = CameraReader(make_reader_settings(cam, cfg.ingest), cutter, self.metrics, packets=ring)
-            machine = EventMachine(cam.name, ecfg, list(b.class_names), list(getattr(b, "display_names", b.class_names)),
-                                   model_info=model_info)
-            self.cameras[cam.name] = _Camera(cam.name, reader, cutter, window, machine)
-            self.metrics.register_camera(cam.name)
-            # a reader whose thread has ended (file finished) is not stuck: it counts as live
-            self.metrics.add_liveness(f"reader:{cam.name}",
-                                      lambda r=reader: r.heartbeat if r.alive else time.monotonic())
-        if self.evidence is not None:
-            ev_mgr = self.evidence
-            self.metrics.add_liveness("evidence", lambda: ev_mgr.heartbeat if ev_mgr._thread is not None
-                                      and ev_mgr._thread.is_alive() else time.monotonic())
-        self.metrics.add_liveness("encoder", lambda: self.encoder.heartbeat)
-        self.metrics.add_liveness("head", lambda: self.head.heartbeat)
-
+        # the event path, built from its end: sinks <- delivery <- evidence stage <- camera machines
         spool_dir = Path(cfg.spool.directory)
         self.journal = OpenEventJournal(spool_dir / "open-events")
         if sinks is None:
@@ -203,14 +137,63 @@ class Service:
 
             sinks = [create_sink(s, spool_dir, self.metrics) for s in cfg.sinks]
         self.sinks = list(sinks)
-        self._echo_alerts = not any(getattr(s, "type_name", "") == "stdout" for s in self.sinks)
+        self.cameras = CameraRegistry()
+        self.listeners = ListenerHub(self.metrics)
+        echo = None if any(s.type_name == "stdout" for s in self.sinks) else self._print
+        self.delivery = EventDelivery(self.sinks, self.journal, self.metrics, self.cameras, self.listeners, echo)
+        self.evidence: EvidenceManager | None = None
+        self._emit: Callable[[Event], None] = self.delivery.submit
+        if cfg.evidence.enabled:
+            from stream.evidence import EvidenceManager
+
+            ev_mgr = EvidenceManager(cfg.evidence, self.delivery.submit, self.metrics)
+            self.evidence = ev_mgr
+            self._emit = ev_mgr.submit
+            self.metrics.add_liveness("evidence", lambda: ev_mgr.heartbeat if ev_mgr._thread is not None
+                                      and ev_mgr._thread.is_alive() else time.monotonic())
+
+        for cam in cfg.cameras:
+            self.cameras.add(self._build(cam, cfg.events_for(cam), enabled=cam.enabled))
+        self.metrics.add_liveness("encoder", lambda: self.encoder.heartbeat)
+        self.metrics.add_liveness("head", lambda: self.head.heartbeat)
+
+    @property
+    def events(self) -> deque[Event]:
+        """The most recent events of this run (bounded: ``stream.delivery.RECENT_EVENTS``)."""
+        return self.delivery.recent
 
     # ------------------------------------------------------------------------------------- wiring
-    def _ring_seconds(self, ecfg: Any, lookahead: int) -> float:
+    def _build(self, cam: CameraConfig, ecfg: EventsConfig, enabled: bool) -> CameraPipeline:
+        """One camera's pipeline; its metrics and liveness are registered only when it is enabled."""
+        wcfg = self.cfg.window_for(cam)
+        if wcfg.length > self.max_window:
+            raise DsanetError(f"camera {cam.name!r}: window.length {wcfg.length} is longer than the bundle's "
+                              f"max_window {self.max_window}")
+        window = EmbeddingWindow(wcfg.length, wcfg.lookahead, camera=cam.name, max_window=self.max_window)
+        cutter = SnippetCutter(cam.name, self.spec, self._snippet_emitter(cam.name), prepare=self._prepare)
+        ring = None
+        if self.evidence is not None and enabled:
+            ring = self.evidence.add_camera(cam.name, ecfg.on_threshold,
+                                            ring_seconds=self._ring_seconds(ecfg, wcfg.lookahead))
+        reader = CameraReader(make_reader_settings(cam, self.cfg.ingest), cutter, self.metrics, packets=ring)
+        b = self.models.bundle
+        machine = EventMachine(cam.name, ecfg, list(b.class_names), list(b.display_names or b.class_names),
+                               model_info=self.model_info)
+        pipeline = CameraPipeline(cam, ecfg, reader, cutter, window, machine)
+        pipeline.enabled = enabled
+        if enabled:
+            self.metrics.register_camera(cam.name)
+            # a reader whose thread has ended (file finished) is not stuck: it counts as live
+            def progress(r: CameraReader = reader) -> float:
+                return r.heartbeat if r.alive else time.monotonic()
+
+            self.metrics.add_liveness(f"reader:{cam.name}", progress)
+        return pipeline
+
+    def _ring_seconds(self, ecfg: EventsConfig, lookahead: int) -> float:
         """Seconds of packets a camera keeps: the pre-roll plus how late a start event can be known
         (``min_duration``, the window's lookahead, a few seconds of queueing)."""
-        pre = float(self.cfg.evidence.pre_roll)
-        return pre + float(getattr(ecfg, "min_duration", 1.0)) + (lookahead + 2) * self.spec.seconds + 5.0
+        return self.cfg.evidence.pre_roll + ecfg.min_duration + (lookahead + 2) * self.spec.seconds + 5.0
 
     def _prepare(self, image: np.ndarray) -> np.ndarray:
         """One frame -> encoder input [3,S,S]; runs in the camera's reader thread."""
@@ -224,76 +207,44 @@ class Service:
         return emit
 
     def _on_embeddings(self, embeddings: list[SnippetEmbedding]) -> None:
+        """Encoder worker: each embedding into its camera's window; full windows to the head queue."""
         now = time.monotonic()
         for e in embeddings:
             cam = self.cameras.get(e.camera)
-            if cam is None:
-                continue
-            job = cam.window.push(e, now=now)
+            if cam is None or not cam.enabled:
+                continue  # removed or disabled while its snippets were queued
+            job = cam.push_embedding(e, now)
             if job is not None:
                 self.head_queue.put(job)
 
     def _on_scores(self, scores: Sequence[WindowScore]) -> None:
+        """Head worker: metrics, score feeds, evidence (peak frame), the camera's machine, then events."""
         now = time.time()
         for ws in scores:
             cam = self.cameras.get(ws.camera)
-            if cam is None:
+            if cam is None or not cam.enabled:
                 continue
             lag = now - ws.newest_end_time
             self.metrics.scored(ws.camera, ws.score, lag)
-            category = self._category(ws.class_probs)
+            category, category_score = self.models.category(ws.class_probs)
             for sink in self.sinks:
                 try:
                     sink.publish_score(ws.camera, ws.score, category, ws.end_time)
                 except Exception as exc:  # best effort by contract; never let a sink break scoring
-                    log.debug("sink %s: publish_score failed: %s", getattr(sink, "name", "?"), redact(exc))
+                    log.debug("sink %s: publish_score failed: %s", sink.name, redact(exc))
+            if self.listeners.active:
+                self.listeners.publish(ScoreRecord(ws.camera, ws.index, ws.start_time, ws.end_time, ws.score,
+                                                   category, category_score))
             if self.evidence is not None:
                 self.evidence.observe(ws)  # before the machine: the score that starts an event may be its peak
             try:
-                events = cam.machine.push(ws)
+                events = cam.push_score(ws)
             except DsanetError as exc:
                 log.error("camera %s: event machine rejected a score: %s", ws.camera, exc)
                 events = []
             for ev in events:
                 self._emit(ev)
-            # status last, so a status line showing this score never precedes the alert it caused
-            st = cam.status
-            st.score, st.lag, st.scored, st.category = ws.score, lag, st.scored + 1, category
-
-    def _category(self, probs: Sequence[float]) -> str | None:
-        if len(probs) < 2:
-            return None
-        i = int(np.argmax(np.asarray(probs[1:]))) + 1
-        names = getattr(self.models.bundle, "display_names", None) or self.models.bundle.class_names
-        return str(names[i])
-
-    def _emit(self, ev: Any) -> None:
-        """An event from a machine: the evidence manager may hold an end until its files exist."""
-        if self.evidence is not None:
-            try:
-                if self.evidence.handle(ev):
-                    return
-            except Exception:  # evidence must never cost an alert
-                log.exception("camera %s: evidence failed for event %s", ev.camera, ev.id)
-        self._dispatch(ev)
-
-    def _dispatch(self, ev: Any) -> None:
-        with self._events_lock:
-            self.events.append(ev)
-        cam = self.cameras.get(ev.camera)
-        if ev.type == "start":
-            self.metrics.event(ev.camera, ev.category)
-        if cam is not None:
-            cam.status.open_event = None if ev.type == "end" else ev.category
-            cam.status.last_alert = ev.short() if hasattr(ev, "short") else str(ev)
-        for sink in self.sinks:
-            try:
-                sink.submit(ev)
-            except Exception as exc:  # a sink must never take the pipeline down
-                log.error("sink %s: could not queue event %s: %s", getattr(sink, "name", "?"), ev.id, redact(exc))
-        self.journal.observe(ev)
-        if self._echo_alerts:
-            self._print("ALERT " + (ev.short() if hasattr(ev, "short") else str(ev)))
+            cam.note_score(ws, category, lag)
 
     def _print(self, line: str) -> None:
         with self._print_lock:
@@ -303,13 +254,74 @@ class Service:
             except (OSError, ValueError):  # closed stdout (pipe gone): status is best effort
                 pass
 
+    # ------------------------------------------------------------------------------ runtime control
+    def camera_snapshots(self) -> list[CameraSnapshot]:
+        now = time.monotonic()
+        return [cam.snapshot(now) for cam in self.cameras.values()]
+
+    def add_camera(self, camera: CameraConfig) -> None:
+        with self._control:
+            if self._shut:
+                raise RuntimeError("the service is shutting down")
+            if camera.name in self.cameras or any(n.lower() == camera.name.lower() for n in self.cameras):
+                raise ValueError(f"camera {camera.name!r}: a camera of that name is already watched")
+            ecfg = self.cfg.events_for(camera)
+            pipeline = self._build(camera, ecfg, enabled=camera.enabled)
+            self.cameras.add(pipeline)
+            if self._started and pipeline.enabled:
+                pipeline.reader.start()
+            log.info("camera %s: added", camera.name)
+
+    def remove_camera(self, name: str) -> None:
+        with self._control:
+            cam = self.cameras.pop(name)
+            self._stop_camera(cam, REASON_CAMERA_REMOVED)
+            if self.evidence is not None:
+                self.evidence.remove_camera(name)
+            log.info("camera %s: removed", name)
+
+    def set_camera_enabled(self, name: str, enabled: bool) -> None:
+        with self._control:
+            cam = self.cameras.get_camera(name)
+            if cam.enabled == enabled:
+                return
+            if not enabled:
+                self._stop_camera(cam, REASON_CAMERA_DISABLED)
+                cam.enabled = False
+                log.info("camera %s: disabled", name)
+                return
+            fresh = self._build(cam.cfg, cam.events, enabled=True)  # a reader thread cannot restart
+            self.cameras.replace(fresh)
+            if self._started:
+                fresh.reader.start()
+            log.info("camera %s: enabled", name)
+
+    def set_thresholds(self, name: str, on_threshold: float | None, off_threshold: float | None) -> None:
+        cam = self.cameras.get_camera(name)
+        new = cam.set_thresholds(on_threshold, off_threshold)
+        if self.evidence is not None:
+            self.evidence.set_threshold(name, new.on_threshold)
+
+    def add_listener(self, listener: Listener) -> Callable[[], None]:
+        return self.listeners.add(listener)
+
+    def _stop_camera(self, cam: CameraPipeline, reason: str) -> None:
+        """Stop the reader, end the open event with ``reason`` and take the camera off the health checks."""
+        cam.reader.stop()
+        if not cam.reader.join(REMOVE_JOIN_TIMEOUT):
+            log.warning("camera %s: reader still blocked in a read; leaving it", cam.name)
+        self.metrics.remove_liveness(f"reader:{cam.name}")
+        ev = cam.close(reason)
+        if ev is not None:
+            self._emit(ev)
+
     # ----------------------------------------------------------------------------------- lifecycle
     def start(self) -> None:
         if self._started:
             return
         self._started = True
         met = self.cfg.metrics
-        if getattr(met, "enabled", False):
+        if met.enabled:
             try:
                 self.server = self.metrics.serve(met.host, met.port)
             except OSError as exc:
@@ -322,13 +334,15 @@ class Service:
             self.evidence.start()
         for ev in self.journal.recover(now=time.time()):
             log.warning("camera %s: event %s was left open by a previous run; ending it", ev.camera, ev.id)
-            self._dispatch(ev)
+            self.delivery.submit(ev)
         self.encoder.start()
         self.head.start()
-        for cam in self.cameras.values():
-            cam.reader.start()
-        self._print(f"dsanet-stream {__version__}: watching {len(self.cameras)} camera(s); model "
-                    f"{getattr(self.models.bundle, 'name', '?')} on {self.models.runtime}"
+        with self._control:
+            cams = [c for c in self.cameras.values() if c.enabled]
+            for cam in cams:
+                cam.reader.start()
+        self._print(f"dsanet-stream {__version__}: watching {len(cams)} camera(s); model "
+                    f"{self.models.bundle.name} on {self.models.runtime}"
                     + (f"; metrics {self.server.url}/metrics" if self.server else ""))
 
     def request_stop(self, reason: str = "stop requested") -> None:
@@ -340,6 +354,10 @@ class Service:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    def _all_sources_ended(self) -> bool:
+        live = [c for c in self.cameras.values() if c.enabled]
+        return bool(live) and all(c.reader.finished or not c.reader.alive for c in live)
+
     def wait(self, duration: float | None = None) -> None:
         """Block until stop is requested, ``duration`` passes, or every source has ended; print status."""
         t_end = None if duration is None else time.monotonic() + duration
@@ -349,7 +367,7 @@ class Service:
             if t_end is not None and now >= t_end:
                 self.request_stop(f"duration of {duration:g} s reached")
                 break
-            if all(c.reader.finished or not c.reader.alive for c in self.cameras.values()):
+            if self._all_sources_ended():
                 self.request_stop("every source has ended")
                 break
             if self.status_interval > 0 and now >= next_status:
@@ -359,18 +377,8 @@ class Service:
             self._stop.wait(max(0.01, wake - now))
 
     def print_status(self) -> None:
-        for name, cam in self.cameras.items():
-            st = cam.status
-            frames = cam.reader.stats.frames
-            fps = (frames - st.frames_at_last_status) / self.status_interval if self.status_interval > 0 else 0.0
-            st.frames_at_last_status, st.fps = frames, fps
-            score = "  -  " if st.score is None else f"{st.score:.3f}"
-            lag = "  -  " if st.lag is None else f"{st.lag:.2f}s"
-            extra = f" EVENT {st.open_event}" if st.open_event else ""
-            err = f" ({cam.reader.stats.last_error})" if cam.reader.state != CameraState.STREAMING and \
-                cam.reader.stats.last_error else ""
-            self._print(f"[{name}] {cam.reader.state.value:11s} score={score} lag={lag} fps={fps:4.1f} "
-                        f"snippets={cam.cutter.emitted} reconnects={cam.reader.stats.reconnects}{extra}{err}")
+        for cam in self.cameras.values():
+            self._print(cam.status_line(self.status_interval))
 
     def run(self, duration: float | None = None, install_signals: bool = True) -> int:
         """Start, wait, shut down; returns 0 on a clean stop."""
@@ -390,15 +398,16 @@ class Service:
             try:
                 self.shutdown()
             finally:
-                for sig, h in previous.items():
-                    signal.signal(sig, h)
+                for signum, h in previous.items():
+                    signal.signal(signum, h)
         return 0
 
     def shutdown(self) -> dict[str, float]:
         """Ordered stop (see the module docstring). Returns seconds spent per step."""
-        if self._shut:
-            return {}
-        self._shut = True
+        with self._control:
+            if self._shut:
+                return {}
+            self._shut = True
         self.request_stop(self.stop_reason or "shutdown")
         log.info("shutting down: %s", self.stop_reason)
         t0 = time.monotonic()
@@ -414,10 +423,11 @@ class Service:
             return now
 
         t = time.monotonic()
-        for cam in self.cameras.values():
+        cams = self.cameras.values()
+        for cam in cams:
             cam.reader.stop()
         readers_until = time.monotonic() + min(2.0, self.shutdown_timeout / 4)  # one budget for all readers
-        for cam in self.cameras.values():
+        for cam in cams:
             if not cam.reader.join(max(0.0, readers_until - time.monotonic())):
                 log.warning("camera %s: reader still blocked in a read at shutdown; leaving it", cam.name)
         t = mark("readers", t)
@@ -429,17 +439,18 @@ class Service:
                 self.encoder.join(left(1.0))
             t = mark("encoder", t)
             now = time.monotonic()
-            for cam in self.cameras.values():
-                job = cam.window.flush(now)
-                if job is not None:
-                    self.head_queue.put(job)
+            for cam in cams:
+                if cam.enabled:
+                    job = cam.window.flush(now)
+                    if job is not None:
+                        self.head_queue.put(job)
             if not self.head.stop(left(1.5)):
                 for j in self.head_queue.clear():
                     self.metrics.dropped("shutdown", j.camera)
                 self.head.join(left(0.5))
             t = mark("head", t)
-        for cam in self.cameras.values():
-            ev = cam.machine.close("shutdown")
+        for cam in cams:
+            ev = cam.close(REASON_SHUTDOWN)
             if ev is not None:
                 self._emit(ev)
         t = mark("events", t)
@@ -447,12 +458,13 @@ class Service:
             # keep ~1 s of the budget for the sinks; held ends not written by then go out without evidence
             self.evidence.stop(timeout=max(0.5, deadline - time.monotonic() - 1.0))
             t = mark("evidence", t)
+        self.listeners.stop(timeout=left(0.5))
         n = max(1, len(self.sinks))
         for sink in self.sinks:
             try:
                 sink.stop(timeout=max(0.1, (deadline - time.monotonic() - 0.5) / n))
             except Exception as exc:
-                log.error("sink %s: error while stopping: %s", getattr(sink, "name", "?"), redact(exc))
+                log.error("sink %s: error while stopping: %s", sink.name, redact(exc))
         t = mark("sinks", t)
         if self.server is not None:
             self.server.close()

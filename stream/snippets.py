@@ -9,15 +9,12 @@ make a 15 fps camera's rows cover 1.07 s each, twice what the head's temporal la
 windows, distance adjacency) learned. Capture times come from :mod:`stream.reader` (stream timestamps
 mapped to the wall clock), so network jitter does not move boundaries.
 
-**Which frame is embedded.** One frame per snippet, chosen by the training feature extractor's rule
-(``export.extract.snippet_frame_offset``, re-implemented here because ``stream`` never imports
-``export``): the middle frame, index ``n // 2`` of the ``n`` frames the snippet received (frame 8 of 16 on
-a camera at the training rate, so live rows match extracted rows exactly there). The rule needs only the
-frames that arrived, so a camera that drops frames still gets a well-defined choice. Only that frame is
+**Which frame is embedded**, how long a snippet is, how the middle frame is held and when an empty
+snippet is filled: the rules are :mod:`engine.snippet_contract`, shared with the training feature
+extractor (``export.extract``), so both embed the very same frames of a video (``tests/test_snippets.py``
+checks it at 30, 15 and 12.5 fps; the extractor cut by time at other rates). Only the embedded frame is
 converted to RGB: the others are decoded (inter-frame codecs need them) but never converted
-(:class:`stream.reader.LazyFrame`). Since ``n`` is known only when the snippet ends, the cutter holds the
-not-yet-converted frames that can still turn out to be the middle one: after ``k`` frames the middle is
-at least ``k // 2``, so earlier ones are released at once (about half a snippet of decoded frames is held).
+(:class:`stream.reader.LazyFrame`).
 
 **Cameras slower than one frame per snippet** (for example 1 fps): some snippets contain no frame.
 Such a snippet is *filled*: it is emitted with the previous snippet's frame and ``n_frames = 0``, as long
@@ -41,48 +38,26 @@ emitted, since it is real footage). Emission never blocks: the callback pushes i
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from engine.snippet_contract import (
+    DEFAULT_MAX_FILL,
+    MiddleFrameHolder,
+    SnippetSpec,
+    embedded_frame_index,
+    fills_gap,
+    snippet_number,
+)
 from stream.reader import LazyFrame
 from stream.types import Frame, Snippet
 
-DEFAULT_MAX_FILL = 3.0
-# Boundary tolerance in snippets (~5 us): UNIX-time doubles carry ~0.2 us of rounding, so a frame exactly
-# on a boundary (a camera at the training rate) must not slip into the previous snippet.
-_EPS = 1e-5
+__all__ = ["DEFAULT_MAX_FILL", "SnippetCutter", "SnippetSpec", "cut_frames", "snippet_frame_offset"]
 
-
-def snippet_frame_offset(n_frames: int) -> int:
-    """Index of the embedded frame among a snippet's ``n_frames`` frames (the extractor's rule: the middle)."""
-    if n_frames < 1:
-        raise ValueError(f"a snippet needs at least one frame, got {n_frames}")
-    return n_frames // 2
-
-
-@dataclass(frozen=True)
-class SnippetSpec:
-    """Snippet geometry of the training data (``bundle.json``: snippet_frames at snippet_fps)."""
-
-    frames: int = 16
-    fps: float = 30.0
-
-    def __post_init__(self) -> None:
-        if self.frames < 1 or self.fps <= 0:
-            raise ValueError(f"snippet needs frames >= 1 and fps > 0, got {self.frames} frames at {self.fps} fps")
-
-    @property
-    def seconds(self) -> float:
-        return self.frames / self.fps
-
-    @classmethod
-    def from_bundle(cls, bundle: Any) -> SnippetSpec:
-        """From an ``engine.bundle.Bundle`` (or anything with ``snippet_frames`` and ``snippet_fps``)."""
-        return cls(frames=int(bundle.snippet_frames), fps=float(bundle.snippet_fps))
+# The contract's name for the rule, kept under the name the live side has always used.
+snippet_frame_offset = embedded_frame_index
 
 
 class SnippetCutter:
@@ -101,9 +76,7 @@ class SnippetCutter:
         self.max_fill = max_fill
         self._origin: float | None = None  # capture time of the grid's snippet 0
         self._k = 0  # current snippet number on the grid
-        self._count = 0  # frames in the current snippet
-        self._held: list[LazyFrame] = []  # frames that may still be the middle one (not converted)
-        self._held_from = 0  # position within the snippet of self._held[0]
+        self._held: MiddleFrameHolder[LazyFrame] = MiddleFrameHolder()  # may still be the middle one
         self._last_frame: Frame | None = None  # frame of the last emitted snippet (to fill empty ones)
         self._next_index = 0
         self.emitted = 0
@@ -120,38 +93,31 @@ class SnippetCutter:
             self._origin, self._k = t, 0
         else:
             t = max(t, self._start(self._k))  # clock is monotone per camera; guard rounding after a flush
-            k = int(math.floor((t - self._origin) / self.spec.seconds + _EPS))
+            k = snippet_number(t, self._origin, self.spec.seconds)
             if k > self._k:
-                first_empty = self._k + 1 if self._count else self._k  # after a flush the current one is empty
+                first_empty = self._k + 1 if self._held.count else self._k  # after a flush the current one is empty
                 self._close()
-                if (k - first_empty) * self.spec.seconds <= self.max_fill:
+                if fills_gap(k - first_empty, self.spec.seconds, self.max_fill):
                     for j in range(first_empty, k):
                         self._emit_filled(j)
                     self._k = k
                 else:  # an outage: restart the grid at this frame rather than invent minutes of video
                     self._origin, self._k = t, 0
-        self._held.append(frame)
-        self._count += 1
-        # the middle index n // 2 of the final n >= count frames is at least count // 2: release the rest
-        drop = self._count // 2 - self._held_from
-        if drop > 0:
-            del self._held[:drop]
-            self._held_from += drop
+        self._held.add(frame)
 
     def on_discontinuity(self) -> None:
         """The stream broke or ended: emit the partial snippet (if it has frames); the grid moves past it."""
-        if self._origin is not None and self._count:
+        if self._origin is not None and self._held.count:
             self._close()
             self._k += 1
 
     def _close(self) -> None:
-        if not self._count:
+        count = self._held.count
+        if not count:
             return
-        chosen = self._held[snippet_frame_offset(self._count) - self._held_from].to_frame()
-        self._send(self._k, chosen, self._count)
-        self._held.clear()
-        self._held_from = 0
-        self._count = 0
+        chosen = self._held.chosen().to_frame()
+        self._send(self._k, chosen, count)
+        self._held.reset()
 
     def _emit_filled(self, k: int) -> None:
         if self._last_frame is not None:

@@ -1,4 +1,4 @@
-"""Frozen records that cross threads in the live pipeline.
+"""Frozen records that cross threads in the live pipeline (the ``Event`` record is ``stream.events.Event``).
 
 Times: ``capture_time`` values are wall-clock UNIX seconds (what events report, ISO-8601 UTC);
 ``monotonic`` values come from ``time.monotonic()`` and are used for intervals and lag only.
@@ -70,3 +70,64 @@ class WindowScore:
     newest_index: int  # newest snippet index in the window when it was scored
     newest_end_time: float  # capture time of the end of the newest snippet (for lag)
     frame: Frame | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class RowInfo:
+    """What a window row stands for (kept beside the embedding)."""
+
+    index: int
+    start_time: float
+    end_time: float
+
+
+@dataclass(frozen=True)
+class WindowJob:
+    """One window for the head: its rows and which of them to report."""
+
+    camera: str
+    features: np.ndarray = field(repr=False)  # [T, D] float32, a copy (the ring keeps moving)
+    readout: tuple[int, ...]  # row positions whose scores are reported (one live, up to L+1 on flush)
+    rows: tuple[RowInfo, ...]  # info of the readout rows, same order
+    frames: tuple[Frame | None, ...] = field(repr=False)  # frames of the readout rows (evidence), same order
+    newest_index: int = 0
+    newest_end_time: float = 0.0
+    created_monotonic: float = 0.0
+
+    @property
+    def length(self) -> int:
+        return int(self.features.shape[0])
+
+
+@dataclass(frozen=True)
+class CameraSnapshot:
+    """One camera as an operator sees it now. ``url`` is already redacted."""
+
+    name: str
+    url: str
+    enabled: bool
+    state: str  # stream.reader.CameraState value, or "disabled"
+    fps: float  # frames per second over the last few seconds
+    lag_seconds: float | None  # capture of the newest scored snippet -> now
+    score: float | None  # latest reported anomaly score
+    category: str | None  # latest top non-normal class name
+    on_threshold: float
+    off_threshold: float
+    event_open: bool
+    frames: int
+    snippets: int
+    scores: int
+    reconnects: int
+
+
+@dataclass(frozen=True)
+class ScoreRecord:
+    """One reported score of one camera, as the live feed carries it."""
+
+    camera: str
+    index: int
+    start_time: float
+    end_time: float
+    score: float
+    category: str | None
+    category_score: float | None

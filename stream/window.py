@@ -1,7 +1,7 @@
 """The sliding window of snippet embeddings per camera, and the lookahead read-out (live and offline).
 
 Each camera keeps the last ``W`` snippet embeddings (``window.length``, at most the bundle's
-``max_window`` = 256). Every new snippet makes the window a job for the head, which scores all ``T <= W``
+``max_window`` = ``engine.bundle.DEFAULT_MAX_WINDOW``, 256). Every new snippet makes the window a job for the head, which scores all ``T <= W``
 rows at once, exactly as the official evaluation scores a video of ``T`` snippets. The head is *not*
 causal (local self-attention in blocks of 8 rows, a k=5 convolution, a distance graph
 ``exp(-|i-j|/e)`` and a similarity graph over the whole window), so the newest row's score has seen no
@@ -40,43 +40,16 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from stream.types import Frame, SnippetEmbedding, WindowScore
+from engine.bundle import DEFAULT_MAX_WINDOW
+from stream.types import Frame, RowInfo, SnippetEmbedding, WindowJob, WindowScore
 
 DEFAULT_LOOKAHEAD = 4
 
 ScoreFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 """``(features [B,T,D] float32, lengths [B] int64) -> (scores [B,T], class_probs [B,T,C])``."""
-
-
-@dataclass(frozen=True)
-class RowInfo:
-    """What a window row stands for (kept beside the embedding)."""
-
-    index: int
-    start_time: float
-    end_time: float
-
-
-@dataclass(frozen=True)
-class WindowJob:
-    """One window for the head: its rows and which of them to report."""
-
-    camera: str
-    features: np.ndarray = field(repr=False)  # [T, D] float32, a copy (the ring keeps moving)
-    readout: tuple[int, ...]  # row positions whose scores are reported (one live, up to L+1 on flush)
-    rows: tuple[RowInfo, ...]  # info of the readout rows, same order
-    frames: tuple[Frame | None, ...] = field(repr=False)  # frames of the readout rows (evidence), same order
-    newest_index: int = 0
-    newest_end_time: float = 0.0
-    created_monotonic: float = 0.0
-
-    @property
-    def length(self) -> int:
-        return int(self.features.shape[0])
 
 
 class EmbeddingWindow:
@@ -86,7 +59,7 @@ class EmbeddingWindow:
     """
 
     def __init__(self, length: int, lookahead: int = DEFAULT_LOOKAHEAD, camera: str = "",
-                 max_window: int = 256):
+                 max_window: int = DEFAULT_MAX_WINDOW):
         if not 1 <= length <= max_window:
             raise ValueError(f"window length must be in 1..{max_window}, got {length}")
         if not 0 <= lookahead < length:
@@ -238,7 +211,7 @@ def streaming_scores(embeddings: np.ndarray, score_fn: ScoreFn, length: int,
     return scores, probs
 
 
-def offline_scores(embeddings: np.ndarray, score_fn: ScoreFn, max_window: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def offline_scores(embeddings: np.ndarray, score_fn: ScoreFn, max_window: int = DEFAULT_MAX_WINDOW) -> tuple[np.ndarray, np.ndarray]:
     """Reference: the whole video scored at once (in chunks of ``max_window`` like the official test code)."""
     emb = np.asarray(embeddings, dtype=np.float32)
     outs_s, outs_p = [], []

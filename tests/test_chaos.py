@@ -786,7 +786,7 @@ def test_spool_disk_full_midrun_then_space_again(clip_factory, tiny_bundle_dir, 
     spool file fails with ENOSPC for a while, then space comes back."""
     import errno
 
-    import stream.sinks.spool as spool_mod
+    import engine.atomic as atomic_mod  # every spool file is written through engine.atomic
 
     caplog.set_level(logging.WARNING)
     full = threading.Event()
@@ -797,7 +797,7 @@ def test_spool_disk_full_midrun_then_space_again(clip_factory, tiny_bundle_dir, 
             raise OSError(errno.ENOSPC, "No space left on device", str(file))
         return real_open(file, *args, **kw)
 
-    monkeypatch.setattr(spool_mod, "open", fake_open, raising=False)
+    monkeypatch.setattr(atomic_mod, "open", fake_open, raising=False)
     clip = clip_factory("cam.mp4", width=160, height=96, fps=25, seconds=20.0)
     svc = services(config_text(tmp_path, [{"name": "cam", "url": f"file://{clip}", "loop": True}], tiny_bundle_dir,
                                events=EVENTS_NEVER))

@@ -14,12 +14,12 @@ import time
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 
+from stream.config import EvidenceConfig
 from stream.events import Event, parse_iso_utc
 from stream.evidence import (
     EvidenceError,
@@ -44,8 +44,8 @@ FPS = 25
 
 
 def ev_cfg(directory: Path, pre: float = 3.0, post: float = 2.0, age_days: float = 7.0,
-           total_mb: float = 500.0) -> SimpleNamespace:
-    return SimpleNamespace(enabled=True, directory=str(directory), pre_roll=pre, post_roll=post,
+           total_mb: float = 500.0) -> EvidenceConfig:
+    return EvidenceConfig(enabled=True, directory=str(directory), pre_roll=pre, post_roll=post,
                            max_age_days=age_days, max_total_mb=total_mb)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -14,13 +13,10 @@ from engine.runtime import load_models
 
 
 def _cli(argv: list[str]) -> int:
-    """Run our subcommands through their own ``register`` (independent of installed entry points)."""
-    from export.commands import export as commands
+    """Run a subcommand as the ``dsanet`` script does, with its one error-to-exit-status mapping."""
+    from stream.cli import main
 
-    parser = argparse.ArgumentParser(prog="dsanet")
-    commands.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return main(argv)
 
 
 def _ort(path: Path):
@@ -42,7 +38,7 @@ def seed0_model(tiny_clip_dir):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, seed0_model, tiny_clip_dir) -> Path:
-    from export.trainer import save_checkpoint
+    from export.checkpoint import save_checkpoint
 
     run = tmp_path_factory.mktemp("run")
     return save_checkpoint(run / "best.safetensors", seed0_model, None, clip=str(tiny_clip_dir))
@@ -61,7 +57,7 @@ def test_bundle_holds_the_model_it_was_built_from(tiny_bundle_dir, seed0_model, 
     import torch
 
     from engine.clip import load_vision_model
-    from export.onnx_export import parity_images
+    from export.parity import parity_images
 
     head = seed0_model.inference_head()
     sess = _ort(tiny_bundle_dir / "head.onnx")
@@ -138,7 +134,7 @@ def test_parity_failure_exits_nonzero_with_figures(tmp_path, tiny_clip_dir, tiny
 
     import export.onnx_export as onnx_export
     from engine.model import DSANetConfig, build_model, text_width_of
-    from export.trainer import save_checkpoint
+    from export.checkpoint import save_checkpoint
 
     torch.manual_seed(1)
     other = build_model(DSANetConfig(text_width=text_width_of(tiny_clip_dir)), tiny_clip_dir)
@@ -165,7 +161,7 @@ def test_export_refuses_to_overwrite(tmp_path, checkpoint, tiny_clip_dir, capsys
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     rc = _cli(["export", "--checkpoint", str(checkpoint), "--clip", str(tiny_clip_dir), "--out", str(out)])
-    assert rc == 1 and "not empty" in capsys.readouterr().err
+    assert rc == 2 and "not empty" in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "mine"
 
 
@@ -173,16 +169,16 @@ def test_export_rejects_a_non_checkpoint(tmp_path, tiny_clip_dir, capsys):
     bogus = tmp_path / "model.safetensors"
     bogus.write_bytes(b"not a checkpoint")
     rc = _cli(["export", "--checkpoint", str(bogus), "--clip", str(tiny_clip_dir), "--out", str(tmp_path / "b")])
-    assert rc == 1 and str(bogus) in capsys.readouterr().err
+    assert rc == 2 and str(bogus) in capsys.readouterr().err
     rc = _cli(["export", "--checkpoint", str(tmp_path / "missing.safetensors"), "--clip", str(tiny_clip_dir),
                "--out", str(tmp_path / "b")])
-    assert rc == 1 and "does not exist" in capsys.readouterr().err
+    assert rc == 2 and "does not exist" in capsys.readouterr().err
 
 
 def test_bundle_info_on_a_damaged_bundle(tiny_bundle_dir, copy_bundle, capsys):
     d = copy_bundle(tiny_bundle_dir)
     (d / "head.onnx").unlink()
-    assert _cli(["bundle-info", str(d)]) == 1
+    assert _cli(["bundle-info", str(d)]) == 2
     assert "head.onnx: missing" in capsys.readouterr().err
 
 

@@ -375,14 +375,14 @@ def test_dsanet_run_duration_and_clear_errors(tmp_path, clip_factory, tiny_bundl
                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "[d] streaming" in res.stdout and "duration of 2 s reached" in res.stderr
-    # a config naming a bundle that does not exist: one clear line, exit 1, no traceback
+    # a config naming a bundle that does not exist: one clear line, exit 2 (bad config), no traceback
     bad = write_config(tmp_path, [{"name": "d", "url": f"file://{clip}"}], bundle=tmp_path / "no-bundle")
     res = subprocess.run([*DSANET, "run", "-c", str(bad)], cwd=tmp_path, env=_env(), capture_output=True,
                          text=True, timeout=120)
-    assert res.returncode == 1 and "Traceback" not in res.stderr and "no-bundle" in res.stderr
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "no-bundle" in res.stderr
     res = subprocess.run([*DSANET, "run", "-c", str(tmp_path / "missing.yaml")], cwd=tmp_path, env=_env(),
                          capture_output=True, text=True, timeout=120)
-    assert res.returncode == 1 and "file not found" in res.stderr
+    assert res.returncode == 2 and "file not found" in res.stderr
 
 
 def test_port_in_use_is_a_clear_error_and_shutdown_is_clean(tmp_path, clip_factory, tiny_bundle_dir,

@@ -16,7 +16,7 @@ import pytest
 from pydantic import TypeAdapter
 
 import stream.sinks.jsonl as jsonl_mod
-from stream.config import SinkConfig
+from stream.config import SinkConfig, SinkConfigBase
 from stream.events import Event, EventMachine, EventSettings, iso_utc
 from stream.sinks import SinkError, available_sinks, create_sink, register_sink, sink_class
 from stream.sinks.base import Backoff, Result, Sink
@@ -84,11 +84,8 @@ def test_registry_lists_builtin_sinks_and_rejects_unknown() -> None:
     with pytest.raises(SinkError, match="unknown sink type 'pager'.*jsonl"):
         sink_class("pager")
 
-    class Cfg:
-        type = "pager"
-
     with pytest.raises(SinkError, match="pager"):
-        create_sink(Cfg(), None)
+        create_sink(SinkConfigBase(type="pager"), None)
 
 
 def test_register_custom_sink(tmp_path) -> None:
@@ -100,12 +97,11 @@ def test_register_custom_sink(tmp_path) -> None:
             got.append(item.payload)
             return Result.DELIVERED, None
 
-    class Cfg:
-        type = "test-memory"
-        name = "mem"
+    class MemoryConfig(SinkConfigBase):  # a plugin sink brings its own config class
+        type: str = "test-memory"
 
     assert "test-memory" in available_sinks()
-    s = create_sink(Cfg(), tmp_path)
+    s = create_sink(MemoryConfig(name="mem"), tmp_path)
     assert isinstance(s, MemorySink) and s.name == "mem" and s.spool.directory == tmp_path / "mem"
     s.start()
     evs = make_events()
@@ -533,11 +529,11 @@ def test_mqtt_broker_down_then_up_delivers_spooled_events(tmp_path) -> None:
 
 _MQTT_CHILD = """
 import sys, time
-from types import SimpleNamespace
+from stream.config import MqttSinkConfig
 from stream.sinks import create_sink
-cfg = SimpleNamespace(type="mqtt", name="mqtt", host="127.0.0.1", port=int(sys.argv[1]), prefix="dsanet",
-                      keepalive=30, publish_scores=False, score_interval=1.0, spool_max_events=100,
-                      username=None, password=None, client_id="dsanet-child", tls=False)
+cfg = MqttSinkConfig(type="mqtt", name="mqtt", host="127.0.0.1", port=int(sys.argv[1]), prefix="dsanet",
+                     keepalive=30, publish_scores=False, score_interval=1.0, spool_max_events=100,
+                     client_id="dsanet-child")
 s = create_sink(cfg, sys.argv[2], reconnect_min=0.1, reconnect_max=0.5)
 s.start()
 while not s.ready():

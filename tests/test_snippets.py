@@ -81,16 +81,40 @@ def test_camera_at_training_rate_embeds_the_extractors_frame():
     assert all(s.n_frames == 16 for s in snippets)
 
 
-def test_rule_matches_the_feature_extractor():
-    """``stream`` re-implements export.extract's rule (it may not import export): they must agree."""
-    extract = pytest.importorskip("export.extract")
-    for n in range(1, 40):
-        assert snippet_frame_offset(n) == extract.snippet_frame_offset(n)
+def test_rule_is_the_contract_and_the_spec_reads_a_bundle():
+    from engine import snippet_contract
+
+    assert snippet_frame_offset is snippet_contract.embedded_frame_index
+    assert SnippetSpec is snippet_contract.SnippetSpec
 
     class B:
         snippet_frames, snippet_fps = 16, 30.0
 
     assert SnippetSpec.from_bundle(B).seconds == pytest.approx(16 / 30)
+
+
+@pytest.mark.parametrize(("fps", "by_time"), [(30, False), (30, True), (15, True), (12.5, True)])
+def test_live_cutting_and_feature_extraction_embed_the_same_frames(tmp_path, fps, by_time):
+    """The live side (``dsanet score`` cuts a file exactly as a camera) and the training feature extractor
+    pick the very same decoded frames of one generated video: same pixels, same frames per snippet."""
+    extract = pytest.importorskip("export.extract")
+    from stream.offline import iter_snippets
+    from tests.fixtures.clips import make_clip
+
+    clip = make_clip(tmp_path / f"c{fps}.mp4", width=64, height=48, fps=fps, seconds=3.4, event=(0.0, 3.4))
+    live = list(iter_snippets(clip, UCF))
+    extracted = list(extract.iter_snippet_frames(clip, snippet_seconds=UCF.seconds if by_time else None))
+    assert len(extracted) >= 5
+    # the live side also emits the last partial snippet; the extractor keeps it only when complete
+    assert 0 <= len(live) - len(extracted) <= 1
+    for snip, (n, image) in zip(live, extracted, strict=False):
+        assert snip.n_frames == n
+        assert np.array_equal(snip.frame.image, image)
+    if fps == 30:  # at the training rate, snippet k embeds decoded frame 16k + 8
+        assert [s.frame.index for s in live[:len(extracted)]] == [16 * k + 8 for k in range(len(extracted))]
+    # every frame of the event differs from its neighbours, so equal pixels mean the same frame
+    images = [s.frame.image for s in live]
+    assert all(not np.array_equal(a, b) for a, b in zip(images, images[1:], strict=False))
 
 
 def test_dropped_frames_still_pick_the_middle_of_what_arrived():
@@ -199,3 +223,17 @@ def test_prepare_runs_once_per_embedded_frame_in_the_cutter():
         assert s.pixels is not None and s.pixels[0, 0, 0] == s.frame.index
     filled = [i for i, s in enumerate(out) if s.n_frames == 0]
     assert all(out[i].pixels is out[i - 1].pixels for i in filled)
+
+
+def test_middle_frame_holder_keeps_only_frames_that_can_still_be_the_middle():
+    from engine.snippet_contract import MiddleFrameHolder
+
+    holder: MiddleFrameHolder[int] = MiddleFrameHolder()
+    for k in range(1, 40):
+        holder.add(k - 1)  # frame value = its position in the snippet
+        assert holder.chosen() == k // 2  # the middle of the k frames so far
+        assert holder.held == k - k // 2  # about half a snippet, never the whole of it
+    holder.reset()
+    assert holder.count == 0 and holder.held == 0
+    with pytest.raises(ValueError):
+        holder.chosen()

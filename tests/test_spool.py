@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-import stream.sinks.spool as spool_mod
+import engine.atomic
 from stream.sinks.spool import DEAD_LETTER_FILE, Spool
 
 REPO = Path(__file__).resolve().parent.parent
@@ -126,7 +126,7 @@ def test_disk_full_then_recovers_keeps_order(tmp_path, monkeypatch, caplog) -> N
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_open(path, mode, *a, **kw)
 
-    monkeypatch.setattr(spool_mod, "open", full, raising=False)
+    monkeypatch.setattr(engine.atomic, "open", full, raising=False)  # every spool write goes through it
     with caplog.at_level(logging.ERROR):
         sp.put(ev(1))
         sp.put(ev(2))

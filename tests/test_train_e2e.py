@@ -17,16 +17,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from engine.errors import CheckpointError  # noqa: E402
+from export.batches import plan_epoch, planned_iterations  # noqa: E402
+from export.checkpoint import load_checkpoint, load_weights_into, read_checkpoint_info  # noqa: E402
 from export.data import ListRow  # noqa: E402
+from export.model_eval import score_videos  # noqa: E402
 from export.train_config import load_train_config  # noqa: E402
-from export.trainer import (  # noqa: E402
-    load_checkpoint,
-    load_weights_into,
-    plan_epoch,
-    planned_iterations,
-    read_checkpoint_info,
-    score_videos,
-)
 from stream.cli import main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,7 +190,7 @@ def test_planned_iterations_official_values_and_formula() -> None:
 
 
 def test_validation_split_holds_out_whole_videos_of_both_kinds() -> None:
-    from export.trainer import split_validation
+    from export.batches import split_validation
 
     rows = [ListRow(path=Path(f"Abuse{i:03d}_x264__{k}.npy"), label="Abuse") for i in range(10) for k in range(10)]
     rows += [ListRow(path=Path(f"Normal{i:03d}__{k}.npy"), label="Normal") for i in range(10) for k in range(10)]

@@ -4,38 +4,27 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
 log = logging.getLogger(__name__)
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from engine.errors import DsanetError
     from export.synth import synth_features
 
-    try:
-        summary = synth_features(args.out, preset=args.preset, videos=args.videos, seed=args.seed,
-                                 test_fraction=args.test_fraction, crops=args.crops)
-    except DsanetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    summary = synth_features(args.out, preset=args.preset, videos=args.videos, seed=args.seed,
+                             test_fraction=args.test_fraction, crops=args.crops)
     print(summary.describe())
     print(f"train list: {summary.train_csv}\ntest list:  {summary.test_csv}")
     return 0
 
 
 def _extract(args: argparse.Namespace) -> int:
-    from engine.errors import DsanetError
     from export.extract import extract_features
 
-    try:
-        csv_path = extract_features(args.videos, clip=args.clip, out=args.out, crops=args.crops,
-                                    snippet_seconds=args.snippet_seconds, label=args.label,
-                                    list_name=args.list_name, batch_size=args.batch_size,
-                                    show_progress=not args.no_progress)
-    except DsanetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    csv_path = extract_features(args.videos, clip=args.clip, out=args.out, crops=args.crops,
+                                snippet_seconds=args.snippet_seconds, label=args.label,
+                                list_name=args.list_name, batch_size=args.batch_size,
+                                show_progress=not args.no_progress)
     print(f"features of {len(args.videos)} video(s) written; list: {csv_path}")
     return 0
 

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def _handle(args: argparse.Namespace) -> int:
-    from engine.errors import DsanetError
     from export.demo import build_demo
 
-    try:
-        build_demo(args.dir, force=args.force)
-    except DsanetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    build_demo(args.dir, force=args.force)  # errors: reported by stream.cli.main
     return 0
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 
 log = logging.getLogger(__name__)
 
@@ -16,7 +15,7 @@ def register(subparsers) -> None:  # noqa: ANN001 - argparse's private action ty
         description="Export the DSANet head and the CLIP image tower to ONNX, check both against torch "
                     "(head max |diff| <= 1e-4, encoder cosine >= 0.9999; >= 0.995 for --encoder-int8) and "
                     "write a bundle directory the live service loads. Exits 1 with the measured figures "
-                    "when a parity check fails.")
+                    "when a parity check fails, 2 when an input (checkpoint, CLIP folder, --out) is unusable.")
     p.add_argument("--checkpoint", required=True, help="trainer checkpoint (RUN_DIR/best.safetensors)")
     p.add_argument("--clip", required=True, help="local Hugging Face CLIP folder, or 'tiny' for the random test CLIP")
     p.add_argument("--out", required=True, help="bundle directory to write")
@@ -41,8 +40,9 @@ def register(subparsers) -> None:  # noqa: ANN001 - argparse's private action ty
 
 
 def run_export(args: argparse.Namespace) -> int:
+    """Errors are reported by ``stream.cli.main``: 2 for bad input, 1 when the export or parity fails."""
     from engine.errors import DsanetError
-    from export.onnx_export import ExportOptions, ParityError, describe_bundle, export_checkpoint
+    from export.bundle_writer import ExportOptions, export_checkpoint
 
     evaluation = None
     if args.evaluation:
@@ -50,40 +50,23 @@ def run_export(args: argparse.Namespace) -> int:
             with open(args.evaluation) as f:
                 evaluation = json.load(f)
         except (OSError, json.JSONDecodeError) as exc:
-            print(f"error: --evaluation {args.evaluation}: {exc}", file=sys.stderr)
-            return 2
+            raise DsanetError(f"--evaluation {args.evaluation}: {exc}") from None
     if args.max_batch < 1:
-        print("error: --max-batch must be >= 1", file=sys.stderr)
-        return 2
+        raise DsanetError("--max-batch must be >= 1")
     opts = ExportOptions(name=args.name, encoder_int8=args.encoder_int8, torch_weights=not args.no_torch_weights,
                          max_batch=args.max_batch, snippet_fps=args.snippet_fps, opset=args.opset,
                          evaluation=evaluation)
-    try:
-        bundle = export_checkpoint(args.checkpoint, args.clip, args.out, opts, force=args.force)
-    except ParityError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        print(json.dumps(exc.figures, indent=2), file=sys.stderr)
-        return 1
-    except DsanetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(describe_bundle(bundle))
+    bundle = export_checkpoint(args.checkpoint, args.clip, args.out, opts, force=args.force)
+    print(bundle.describe())
     return 0
 
 
 def run_bundle_info(args: argparse.Namespace) -> int:
     from engine.bundle import load_bundle
-    from engine.errors import DsanetError
 
-    try:
-        bundle = load_bundle(args.bundle, verify_hashes=not args.no_verify)
-    except DsanetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    bundle = load_bundle(args.bundle, verify_hashes=not args.no_verify)  # BundleError: exit 2
     if args.json:
         print(json.dumps(bundle.to_json_dict(), indent=2))
         return 0
-    from export.onnx_export import describe_bundle
-
-    print(describe_bundle(bundle))
+    print(bundle.describe())
     return 0

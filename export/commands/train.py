@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
+from engine.demo_paths import TRAIN_PRESET_DIR
+
 log = logging.getLogger(__name__)
 
-PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "train"
+PRESET_DIR = TRAIN_PRESET_DIR
 
 
 def resolve_preset(spec: str) -> Path:
@@ -26,25 +27,19 @@ def resolve_preset(spec: str) -> Path:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from engine.errors import DsanetError
+    from export.train_config import load_train_config
+    from export.trainer import train
 
-    try:
-        from export.train_config import load_train_config
-        from export.trainer import train
-
-        overrides = list(args.set or [])
-        if args.epochs is not None:
-            overrides.append(f"epochs={args.epochs}")
-        if args.seed is not None:
-            overrides.append(f"seed={args.seed}")
-        if args.deterministic:
-            overrides.append("deterministic=true")
-        cfg = load_train_config(resolve_preset(args.config), overrides)
-        result = train(cfg, args.data_root, args.clip, args.out, device=args.device, resume=args.resume,
-                       progress=None if not args.no_progress else False)
-    except DsanetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    overrides = list(args.set or [])
+    if args.epochs is not None:
+        overrides.append(f"epochs={args.epochs}")
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    if args.deterministic:
+        overrides.append("deterministic=true")
+    cfg = load_train_config(resolve_preset(args.config), overrides)
+    result = train(cfg, args.data_root, args.clip, args.out, device=args.device, resume=args.resume,
+                   progress=None if not args.no_progress else False)
     if result.best_metric is None:
         print(f"training finished ({result.epochs_run} epochs) in {result.out_dir}; no evaluation improved on 0")
     else:
@@ -55,31 +50,26 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from engine.errors import DsanetError
+    from engine.clip import TINY, resolve_clip_dir
+    from export.checkpoint import load_checkpoint, read_checkpoint_info
+    from export.data import read_list
+    from export.evaluate import format_table
+    from export.gt import load_ground_truth
+    from export.model_eval import evaluate_model
+    from export.train_config import load_train_config
 
-    try:
-        from engine.clip import TINY, resolve_clip_dir
-        from export.data import read_list
-        from export.evaluate import format_table
-        from export.gt import load_ground_truth
-        from export.train_config import load_train_config
-        from export.trainer import evaluate_model, load_checkpoint, read_checkpoint_info
-
-        cfg = load_train_config(resolve_preset(args.config), list(args.set or []))
-        info = read_checkpoint_info(args.checkpoint)
-        if str(args.clip) == TINY:
-            log.warning("--clip tiny: a tiny RANDOM CLIP, not a real CLIP (only checkpoints trained with it fit)")
-        clip_dir = resolve_clip_dir(args.clip)
-        model = load_checkpoint(info.path, clip_dir, args.device, expect_preset=cfg.preset)
-        root = Path(args.data_root)
-        test_list = Path(cfg.data.test_list)
-        rows = read_list(test_list if test_list.is_absolute() else root / test_list, root)
-        gt = load_ground_truth(cfg.preset, root, rows)
-        result = evaluate_model(model, rows, gt, cfg.preset, args.device, cfg.eval.batch_size,
-                                progress=not args.no_progress)
-    except DsanetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = load_train_config(resolve_preset(args.config), list(args.set or []))
+    info = read_checkpoint_info(args.checkpoint)
+    if str(args.clip) == TINY:
+        log.warning("--clip tiny: a tiny RANDOM CLIP, not a real CLIP (only checkpoints trained with it fit)")
+    clip_dir = resolve_clip_dir(args.clip)
+    model = load_checkpoint(info.path, clip_dir, args.device, expect_preset=cfg.preset)
+    root = Path(args.data_root)
+    test_list = Path(cfg.data.test_list)
+    rows = read_list(test_list if test_list.is_absolute() else root / test_list, root)
+    gt = load_ground_truth(cfg.preset, root, rows)
+    result = evaluate_model(model, rows, gt, cfg.preset, args.device, cfg.eval.batch_size,
+                            progress=not args.no_progress)
     print(f"{info.path} on {len(rows)} {cfg.preset} test videos:")
     print(format_table(result))
     if args.json:

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def _handle(args: argparse.Namespace) -> int:
-    from stream.config import ConfigError, load_config, summary
+    """Errors (``ConfigError``, exit 2) are reported by ``stream.cli.main`` like every command's."""
+    from stream.config import load_config, summary
 
-    try:
-        cfg = load_config(args.file)
-    except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
+    cfg = load_config(args.file)
     print(f"{args.file}: OK")
     print(summary(cfg))
     return 0

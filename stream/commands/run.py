@@ -7,7 +7,6 @@ import json
 import logging
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 
@@ -21,7 +20,7 @@ def register(subparsers: Any) -> None:
                     "Delivery is at-least-once: after a crash or a lost acknowledgement an event can arrive "
                     "twice, so receivers de-duplicate on (id, seq) (see docs/events.md).")
     p.add_argument("-c", "--config", default=None, metavar="FILE",
-                   help="deployment YAML (default: the bundled demo config, configs/demo.yaml)")
+                   help="deployment YAML (default: configs/demo.yaml, the embedded demo)")
     p.add_argument("--duration", type=float, default=None, metavar="SECONDS",
                    help="stop cleanly after this many seconds (default: run until stopped)")
     p.add_argument("--status-interval", type=float, default=5.0, metavar="SECONDS",
@@ -55,45 +54,19 @@ def configure_logging(level: str, fmt: str) -> None:
     logging.getLogger("libav").setLevel(logging.ERROR)  # FFmpeg chatter (PyAV logger), when enabled
 
 
-DEMO_BANNER = """\
-==============================================================================================
- dsanet demo: a SYNTHETIC model (tiny random CLIP + a head trained on synthetic clips) watches
- a synthetic camera clip with calm stretches and three abnormal events, looped in real time.
- Its scores and categories only show the pipeline working; they mean nothing on real video.
- For real cameras: copy configs/example.yaml, set your RTSP URLs, and point model.bundle at a
- bundle made by `dsanet export` from a checkpoint trained with real CLIP ViT-B/16 weights
- (see docs/reproduce.md). Metrics: http://127.0.0.1:9108/metrics   Stop: Ctrl-C
-=============================================================================================="""
-
-
 def run(args: argparse.Namespace) -> int:
+    from engine.demo_paths import resolve_run_config
     from engine.errors import DsanetError
-    from stream.config import DEMO_CONFIG, load_config, use_demo_defaults
+    from stream.config import load_config
 
-    path = args.config
-    if path is None:
-        if not DEMO_CONFIG.is_file():
-            print(f"dsanet run: no -c/--config given and the demo config {DEMO_CONFIG} is missing; "
-                  f"pass your deployment file with -c FILE", file=sys.stderr)
-            return 2
-        path = str(DEMO_CONFIG)
-    if Path(path).resolve() == DEMO_CONFIG:
-        demo_dir = use_demo_defaults()
-        if not (demo_dir / "bundle" / "bundle.json").is_file():
-            print(f"dsanet run: the demo model is not built yet ({demo_dir}); run `dsanet prepare-demo` "
-                  f"first (`make demo` does both)", file=sys.stderr)
-            return 2
-        print(DEMO_BANNER, flush=True)
     if args.duration is not None and args.duration <= 0:
-        print("dsanet run: --duration must be > 0", file=sys.stderr)
-        return 2
-    try:
-        cfg = load_config(path)
-        configure_logging(cfg.logging.level, cfg.logging.format)
-        from stream.service import Service
+        raise DsanetError("--duration must be > 0")
+    path, banner = resolve_run_config(args.config)  # no -c: the default config (the embedded demo)
+    if banner:
+        print(banner, flush=True)
+    cfg = load_config(path)
+    configure_logging(cfg.logging.level, cfg.logging.format)
+    from stream.service import Service
 
-        service = Service(cfg, status_interval=args.status_interval)
-        return service.run(duration=args.duration)
-    except DsanetError as exc:
-        print(f"dsanet run: {exc}", file=sys.stderr)
-        return 1
+    service = Service(cfg, status_interval=args.status_interval)
+    return service.run(duration=args.duration)

@@ -74,23 +74,16 @@ def register(subparsers: Any) -> None:
 _EVENT_OPTIONS = ("on_threshold", "off_threshold", "min_duration", "hold", "cooldown", "update_interval")
 
 
-def _fail(msg: str) -> int:
-    print(f"dsanet score: {msg}", file=sys.stderr)
-    return 2
-
-
 def handle(args: argparse.Namespace) -> int:
-    """Validate everything cheap first (video, outputs, options, plot package), then load and score."""
-    from engine.errors import DsanetError
+    """Validate everything cheap first (video, outputs, options, plot package), then load and score.
 
+    Errors (a ``ScoreError`` or other ``DsanetError``: exit 2) are reported by ``stream.cli.main``."""
     logging.getLogger().setLevel(logging.INFO if args.verbose else logging.WARNING)
-    try:
-        return _run(args)
-    except DsanetError as exc:
-        return _fail(str(exc))
+    return _run(args)
 
 
 def _run(args: argparse.Namespace) -> int:
+    from engine.bundle import DEFAULT_MAX_WINDOW
     from stream.events import EventSettings, parse_iso_utc
     from stream.offline import ScoreError, _prepare_output, open_video, resolve_window, score_video
 
@@ -118,7 +111,7 @@ def _run(args: argparse.Namespace) -> int:
     base = EventSettings.from_config((cfg.events_for(cam_cfg) if cam_cfg is not None else cfg.events)
                                      if cfg is not None else None)
     overrides = {k: float(getattr(args, k)) for k in _EVENT_OPTIONS if getattr(args, k) is not None}
-    resolve_window(window, lookahead, 256)  # the bundle may allow less; checked again once it is loaded
+    resolve_window(window, lookahead, DEFAULT_MAX_WINDOW)  # the bundle may allow less; checked again once it is loaded
     settings = dataclasses.replace(base, **overrides)
     settings.validate()
     origin = parse_iso_utc(args.start_at) if args.start_at else 0.0

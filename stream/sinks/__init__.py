@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from engine.errors import DsanetError
+from stream.config import SinkConfigBase
 from stream.sinks.base import Backoff, Metrics, Result, Sink
 from stream.sinks.spool import Spool, SpoolItem
 
@@ -50,13 +51,13 @@ def sink_class(type_name: str) -> type[Sink]:
         raise SinkError(f"unknown sink type {type_name!r}; available: {', '.join(available_sinks())}") from None
 
 
-def create_sink(cfg: Any, spool_dir: str | Path | None, metrics: Metrics | None = None, **kwargs: Any) -> Sink:
+def create_sink(cfg: SinkConfigBase, spool_dir: str | Path | None, metrics: Metrics | None = None,
+                **kwargs: Any) -> Sink:
     """Build (not start) the sink for one config entry; its spool lives in ``spool_dir/<name>/``
     (``spool_dir=None``: memory only, e.g. for ``dsanet score``)."""
-    type_name = getattr(cfg, "type", None)
-    if not type_name:
+    if not cfg.type:
         raise SinkError(f"sink config {cfg!r} has no 'type'")
-    return sink_class(type_name)(cfg, spool_dir, metrics, **kwargs)
+    return sink_class(cfg.type)(cfg, spool_dir, metrics, **kwargs)
 
 
 # Built-in sinks register themselves on import.

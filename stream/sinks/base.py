@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+from stream.config import SinkConfigBase
 from stream.events import Event
 from stream.redact import redact
 from stream.sinks.spool import Spool, SpoolItem
@@ -67,6 +68,10 @@ def safe_name(name: str) -> str:
     return s[:64]
 
 
+DEFAULT_BACKOFF_INITIAL = 1.0  # seconds before the first retry of a failed delivery
+DEFAULT_BACKOFF_MAX = 60.0
+
+
 class Sink:
     """Base class: durable spool + one delivery worker. Subclasses implement :meth:`deliver` and may
     override :meth:`open`, :meth:`close`, :meth:`publish_score` and :meth:`ready`."""
@@ -75,18 +80,15 @@ class Sink:
     #: seconds the worker sleeps between checks while :meth:`ready` is False (e.g. broker not connected)
     not_ready_poll: ClassVar[float] = 0.05
 
-    def __init__(self, cfg: Any, spool_dir: str | Path | None, metrics: Metrics | None = None, *,
-                 backoff_initial: float | None = None, backoff_max: float | None = None) -> None:
+    def __init__(self, cfg: SinkConfigBase, spool_dir: str | Path | None, metrics: Metrics | None = None, *,
+                 backoff_initial: float = DEFAULT_BACKOFF_INITIAL, backoff_max: float = DEFAULT_BACKOFF_MAX) -> None:
         self.cfg = cfg
-        self.name: str = getattr(cfg, "name", None) or getattr(cfg, "type", None) or self.type_name
+        self.name: str = cfg.name or cfg.type or self.type_name
         self.metrics = metrics
-        max_events = int(getattr(cfg, "spool_max_events", 10000) or 10000)
         directory = Path(spool_dir) / safe_name(self.name) if spool_dir is not None else None
-        self.spool = Spool(directory, max_events=max_events, name=self.name)
+        self.spool = Spool(directory, max_events=cfg.spool_max_events, name=self.name)
         self._reported_drops = 0
-        bi = backoff_initial if backoff_initial is not None else getattr(cfg, "backoff_initial", 1.0)
-        bm = backoff_max if backoff_max is not None else getattr(cfg, "backoff_max", 60.0)
-        self.backoff = Backoff(bi, bm)
+        self.backoff = Backoff(backoff_initial, backoff_max)
         self.delivered = 0
         self.failures = 0
         self.last_error: str | None = None

@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import IO, Any
 
+from stream.config import JsonlSinkConfig
+from stream.metrics import Metrics
 from stream.sinks import register_sink
 from stream.sinks.base import Result, Sink
 from stream.sinks.spool import SpoolItem
@@ -32,12 +34,13 @@ def _last_line(path: Path, limit: int = 1 << 16) -> bytes | None:
 
 @register_sink("jsonl")
 class JsonlSink(Sink):
-    def __init__(self, cfg: Any, spool_dir: Any, metrics: Any = None, **kw: Any) -> None:
+    def __init__(self, cfg: JsonlSinkConfig, spool_dir: str | Path | None, metrics: Metrics | None = None,
+                 **kw: Any) -> None:
         kw.setdefault("backoff_initial", 0.5)
         kw.setdefault("backoff_max", 30.0)
         super().__init__(cfg, spool_dir, metrics, **kw)
         self.path = Path(os.path.expanduser(str(cfg.path)))
-        self.fsync = bool(getattr(cfg, "fsync", True))
+        self.fsync = cfg.fsync
         self._f: IO[bytes] | None = None
         self._last_key: tuple[Any, Any] | None = None
 

@@ -17,9 +17,12 @@ import logging
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
+from stream.config import MqttSinkConfig
 from stream.events import iso_utc
+from stream.metrics import Metrics
 from stream.sinks import register_sink
 from stream.sinks.base import Result, Sink, safe_name
 from stream.sinks.spool import SpoolItem
@@ -39,21 +42,22 @@ def _secret(v: Any) -> str | None:
 
 @register_sink("mqtt")
 class MqttSink(Sink):
-    def __init__(self, cfg: Any, spool_dir: Any, metrics: Any = None, *,
+    def __init__(self, cfg: MqttSinkConfig, spool_dir: str | Path | None, metrics: Metrics | None = None, *,
                  reconnect_min: float = 1.0, reconnect_max: float = 30.0,
                  puback_timeout: float = PUBACK_TIMEOUT, **kw: Any) -> None:
         kw.setdefault("backoff_initial", 1.0)
         kw.setdefault("backoff_max", 30.0)
         super().__init__(cfg, spool_dir, metrics, **kw)
-        self.host = str(getattr(cfg, "host", "127.0.0.1"))
-        self.port = int(getattr(cfg, "port", 1883))
-        self.prefix = str(getattr(cfg, "prefix", "dsanet")).rstrip("/")
+        self.mqtt_cfg = cfg
+        self.host = cfg.host
+        self.port = cfg.port
+        self.prefix = cfg.prefix.rstrip("/")
         self.events_topic = f"{self.prefix}/events"
         self.available_topic = f"{self.prefix}/available"
-        self.publish_scores = bool(getattr(cfg, "publish_scores", True))
-        self.score_interval = float(getattr(cfg, "score_interval", 1.0))
-        self.keepalive = int(getattr(cfg, "keepalive", 30))
-        self.client_id = getattr(cfg, "client_id", None) or f"dsanet-{socket.gethostname()}-{safe_name(self.name)}"
+        self.publish_scores = cfg.publish_scores
+        self.score_interval = cfg.score_interval
+        self.keepalive = cfg.keepalive
+        self.client_id = cfg.client_id or f"dsanet-{socket.gethostname()}-{safe_name(self.name)}"
         self.reconnect_min, self.reconnect_max = reconnect_min, reconnect_max
         self.puback_timeout = puback_timeout
         self._client: Any = None
@@ -80,9 +84,9 @@ class MqttSink(Sink):
 
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
                         protocol=mqtt.MQTTv311, clean_session=True)
-        if getattr(self.cfg, "username", None):
-            c.username_pw_set(self.cfg.username, _secret(getattr(self.cfg, "password", None)))
-        if getattr(self.cfg, "tls", False):
+        if self.mqtt_cfg.username:
+            c.username_pw_set(self.mqtt_cfg.username, _secret(self.mqtt_cfg.password))
+        if self.mqtt_cfg.tls:
             c.tls_set()
         c.will_set(self.available_topic, OFFLINE, qos=1, retain=True)
         c.reconnect_delay_set(min_delay=self.reconnect_min, max_delay=max(self.reconnect_min, self.reconnect_max))

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stream.fsutil import fsync_dir as _fsync_dir
+from engine.atomic import atomic_write, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -160,20 +160,11 @@ class Spool:
     def _write(self, key: int, data: bytes) -> Path | None:
         assert self.directory is not None
         final = self.directory / f"{key:016d}.json"
-        tmp = self.directory / f"{key:016d}.tmp"
         try:
             if not self._disk_ok:
                 self.directory.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                if self.fsync:
-                    os.fsync(f.fileno())
-            os.replace(tmp, final)
-            if self.fsync:
-                _fsync_dir(self.directory)
+            atomic_write(final, data, fsync=self.fsync)  # removes its temp file when it fails
         except OSError as exc:
-            _unlink(tmp)
             self._disk_error("cannot be written", exc)
             return None
         if not self._disk_ok:
@@ -229,7 +220,7 @@ class Spool:
             try:
                 item.path.unlink()
                 if self.fsync and self.directory is not None:
-                    _fsync_dir(self.directory)
+                    fsync_dir(self.directory)
             except FileNotFoundError:
                 pass
             except OSError as exc:

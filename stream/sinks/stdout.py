@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
+from stream.config import StdoutSinkConfig
 from stream.events import Event, EventError
+from stream.metrics import Metrics
 from stream.sinks import register_sink
 from stream.sinks.base import Result, Sink
 from stream.sinks.spool import SpoolItem
@@ -16,11 +19,12 @@ from stream.sinks.spool import SpoolItem
 class StdoutSink(Sink):
     """Prints events; the stream is looked up at each write so redirection and test capture work."""
 
-    def __init__(self, cfg: Any, spool_dir: Any, metrics: Any = None, **kw: Any) -> None:
+    def __init__(self, cfg: StdoutSinkConfig, spool_dir: str | Path | None, metrics: Metrics | None = None,
+                 **kw: Any) -> None:
         kw.setdefault("backoff_initial", 0.5)
         kw.setdefault("backoff_max", 5.0)
         super().__init__(cfg, spool_dir, metrics, **kw)
-        self.format = getattr(cfg, "format", "text")
+        self.format = cfg.format
 
     def target(self) -> str:
         return f"stdout ({self.format})"

@@ -29,9 +29,12 @@ import http.client
 import json
 import ssl
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from stream.config import WebhookSinkConfig
+from stream.metrics import Metrics
 from stream.redact import redact_url
 from stream.sinks import SinkError, register_sink
 from stream.sinks.base import Result, Sink
@@ -99,7 +102,10 @@ def classify(status: int) -> Result:
 
 @register_sink("webhook")
 class WebhookSink(Sink):
-    def __init__(self, cfg: Any, spool_dir: Any, metrics: Any = None, **kw: Any) -> None:
+    def __init__(self, cfg: WebhookSinkConfig, spool_dir: str | Path | None, metrics: Metrics | None = None,
+                 **kw: Any) -> None:
+        kw.setdefault("backoff_initial", cfg.backoff_initial)
+        kw.setdefault("backoff_max", cfg.backoff_max)
         super().__init__(cfg, spool_dir, metrics, **kw)
         self.url = str(cfg.url)
         parts = urlsplit(self.url)
@@ -109,10 +115,10 @@ class WebhookSink(Sink):
         self._host = parts.hostname
         self._port = parts.port
         self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        self.timeout = float(getattr(cfg, "timeout", 5.0))
-        self._extra = {str(k): str(v) for k, v in (getattr(cfg, "headers", None) or {}).items()}
-        self._bearer = _secret(getattr(cfg, "bearer_token", None))
-        self._hmac = _secret(getattr(cfg, "hmac_secret", None))
+        self.timeout = cfg.timeout
+        self._extra = {str(k): str(v) for k, v in cfg.headers.items()}
+        self._bearer = _secret(cfg.bearer_token)
+        self._hmac = _secret(cfg.hmac_secret)
         auth = None
         if parts.username is not None:  # credentials in the URL: send as basic auth, never log them
             import base64

@@ -1,332 +1,26 @@
-"""Camera readers: one PyAV thread per camera, with timeouts, reconnects and an explicit state.
-
-Why it looks like this (measured in ``docs/environment.md``):
-
-* A killed RTSP server ends PyAV's demux loop *normally*, without an exception; a frozen one blocks a read
-  for ever unless a timeout is set. So every open passes both FFmpeg's ``timeout`` option (microseconds,
-  honoured by the RTSP and HTTP protocols) and PyAV's own ``timeout=(open_s, read_s)`` interrupt, and a
-  live source whose loop ends for any reason is treated as a disconnect.
-* Packets are demuxed and decoded separately: an exception from *decoding* one packet is a decode error
-  (counted; the decoder resynchronises at the next decodable packet), an exception from *reading* is a
-  connection failure (reconnect). A long run of consecutive decode errors also forces a reconnect.
-* Reconnects use capped exponential backoff with jitter (:class:`Backoff`); the delay resets once a session
-  has streamed healthily for ``reset_after`` seconds, so a flapping camera does not hammer its server.
-* Each reader owns its thread and hands frames to a consumer *synchronously* in that thread. The consumer
-  (the snippet cutter) is cheap and never blocks: it pushes into a bounded drop-oldest queue. So one
-  camera's trouble (a hung socket, a slow decoder) can never slow another camera.
-* Frames are handed over *undecoded to RGB* (:class:`LazyFrame`): converting YUV to RGB costs more than
-  decoding at typical sizes, and only one frame per snippet is ever embedded, so only that one is
-  converted. Each frame keeps its own size, so a resolution change mid-stream needs no special case.
-
-Capture time (the clock snippets are cut on) is the *stream timestamp mapped to the wall clock*:
-
-* live sources (:class:`LiveClock`): ``capture = anchor_wall + (pts - anchor_pts)``. The anchor is the
-  frame that arrived with the least delay so far (whenever a frame would map later than its own arrival,
-  the anchor moves back), so network bursts do not squeeze or stretch snippets the way arrival times
-  would. Timestamps that go backwards or drift more than ``max_drift`` seconds from arrival re-anchor on
-  the arrival time; frames without a timestamp use their arrival time.
-* file sources (:class:`MediaClock`): ``capture = start_wall + media time``, continued seamlessly across
-  loops. When ``realtime`` is on the reader sleeps so that frames are released at that capture time
-  (like a camera); when off it reads as fast as it can and capture times run ahead of the wall clock
-  (batch replay: snippets still cover exactly the media time the model was trained on).
-
-Evidence (``stream.evidence``): when a :class:`PacketSink` is given, every demuxed packet is also handed
-over *compressed* (a copy of its bytes) with its capture time on the same clock as the frames: ``packet
-time + (capture - pts)`` of the latest decoded frame of the session, so event times map to packets. The
-packets of a session before its first decoded frame wait (at most 512) until that offset is known. A new
-session, or a frame whose size or pixel format differs from the previous one, starts a new segment (a clip
-never crosses one). Without a sink nothing is buffered.
-
-Credentials never reach a log line: URLs go through :func:`stream.redact.redact_url` and FFmpeg's
-messages through :func:`stream.redact.redact`.
-"""
+"""The reader thread: open, decode, deliver frames and packets, reconnect with backoff, until stopped."""
 
 from __future__ import annotations
 
-import enum
 import logging
 import random
 import statistics
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
-from urllib.parse import unquote, urlsplit
-
-import numpy as np
+from typing import Any
 
 from engine.errors import DsanetError
+from stream.reader.backoff import Backoff
+from stream.reader.clocks import LiveClock, MediaClock
+from stream.reader.frames import FrameConsumer, LazyFrame
+from stream.reader.protocols import MAX_PENDING_PACKETS, NullReaderMetrics, PacketSink, ReaderMetrics
+from stream.reader.settings import ReaderSettings, ReaderStats
+from stream.reader.state import CameraState, SourceError, file_path, source_kind
 from stream.redact import redact, redact_url
-from stream.types import Frame
 
-log = logging.getLogger(__name__)
-
-LIVE_SCHEMES = ("rtsp", "rtsps", "http", "https")
-
-
-class SourceError(DsanetError):
-    """A camera URL cannot be used at all (unsupported scheme, missing file); retrying will not help."""
-
-
-class CameraState(str, enum.Enum):
-    """Where a reader is in its life; exported as ``dsanet_camera_state{camera,state}``."""
-
-    CONNECTING = "connecting"
-    STREAMING = "streaming"
-    BACKING_OFF = "backing_off"
-    STOPPED = "stopped"
-
-
-# ------------------------------------------------------------------------------------------- backoff
-
-
-@dataclass(frozen=True)
-class BackoffPolicy:
-    """Capped exponential backoff: ``initial * 2**n`` up to ``maximum``, each delay jittered by +/- ``jitter``."""
-
-    initial: float = 1.0
-    maximum: float = 30.0
-    reset_after: float = 60.0  # seconds of healthy streaming after which the next failure starts again at initial
-    jitter: float = 0.2  # fraction
-    multiplier: float = 2.0
-
-
-class Backoff:
-    """Stateful delays for one camera. Jitter spreads reconnect storms when many cameras share a server."""
-
-    def __init__(self, policy: BackoffPolicy, rng: random.Random | None = None):
-        self.policy = policy
-        self.attempt = 0
-        self._rng = rng or random.Random()
-
-    def next_delay(self) -> float:
-        p = self.policy
-        base = min(p.maximum, p.initial * p.multiplier ** self.attempt)
-        self.attempt += 1
-        if p.jitter > 0:
-            base *= 1.0 + self._rng.uniform(-p.jitter, p.jitter)
-        return max(0.0, min(p.maximum, base))
-
-    def reset(self) -> None:
-        self.attempt = 0
-
-
-# -------------------------------------------------------------------------------------------- clocks
-
-
-class LiveClock:
-    """Maps stream timestamps of a live source to wall-clock capture times (see module docstring)."""
-
-    def __init__(self, max_drift: float = 5.0):
-        self.max_drift = max_drift
-        self._anchor_wall: float | None = None
-        self._anchor_pts = 0.0
-        self._last_pts: float | None = None
-        self._last = float("-inf")
-
-    def reset(self) -> None:
-        """A new session (reconnect): timestamps restart, so does the mapping (monotonicity is kept)."""
-        self._anchor_wall = None
-        self._last_pts = None
-
-    def capture_time(self, pts: float | None, arrival: float) -> float:
-        if pts is None:
-            t = arrival
-        elif (self._anchor_wall is None or self._last_pts is None or pts < self._last_pts - 1e-6
-              or self._anchor_wall + (pts - self._anchor_pts) < arrival - self.max_drift):
-            self._anchor_wall, self._anchor_pts = arrival, pts
-            t = arrival
-        else:
-            t = self._anchor_wall + (pts - self._anchor_pts)
-            if t > arrival:  # this frame came faster than the anchor: it is the better anchor
-                self._anchor_wall -= t - arrival
-                t = arrival
-        if pts is not None:
-            self._last_pts = pts
-        t = max(t, self._last)  # never backwards within a camera
-        self._last = t
-        return t
-
-
-class MediaClock:
-    """Capture time of file sources: wall time at the first frame + media time, continued across loops."""
-
-    def __init__(self) -> None:
-        self._base_wall: float | None = None  # wall time of media time 0 of the current loop
-        self._base_mono = 0.0
-        self._loop_first_pts: float | None = None
-        self._last = float("-inf")
-        self._frame_interval = 1.0 / 25.0
-        self._count = 0
-
-    def new_loop(self, frame_interval: float | None) -> None:
-        """The file starts again: the next frame follows the last one by one frame interval."""
-        if frame_interval:
-            self._frame_interval = frame_interval
-        if self._base_wall is not None:
-            self._loop_first_pts = None
-        self._count = 0
-
-    def capture_time(self, pts: float | None, arrival: float, arrival_mono: float) -> tuple[float, float]:
-        """Returns (capture wall time, monotonic time at which a real-time player releases the frame)."""
-        media = pts if pts is not None else self._count * self._frame_interval
-        self._count += 1
-        if self._base_wall is None:
-            self._base_wall, self._base_mono = arrival - media, arrival_mono - media
-            self._loop_first_pts = media
-        elif self._loop_first_pts is None:  # first frame of a new loop
-            nxt = self._last + self._frame_interval
-            shift = nxt - (self._base_wall + media)
-            self._base_wall += shift
-            self._base_mono += shift
-            self._loop_first_pts = media
-        t = max(self._base_wall + media, self._last)
-        self._last = t
-        return t, self._base_mono + (t - self._base_wall)
-
-
-# ----------------------------------------------------------------------------------- frame hand-over
-
-
-class LazyFrame:
-    """A decoded frame not yet converted to RGB; :meth:`to_frame` converts once, on demand.
-
-    Only valid inside the consumer call (the decoder may reuse its buffers afterwards), except that the
-    consumer may keep *one* LazyFrame alive until it decides (PyAV frames are reference counted).
-    """
-
-    __slots__ = ("camera", "index", "capture_time", "monotonic", "pts_seconds", "width", "height", "_av", "_rgb",
-                 "_frame")
-
-    def __init__(self, camera: str, index: int, capture_time: float, monotonic: float, pts_seconds: float | None,
-                 av_frame: Any = None, rgb: np.ndarray | None = None):
-        self.camera, self.index = camera, index
-        self.capture_time, self.monotonic, self.pts_seconds = capture_time, monotonic, pts_seconds
-        self._av, self._rgb, self._frame = av_frame, rgb, None
-        if rgb is not None:
-            self.height, self.width = int(rgb.shape[0]), int(rgb.shape[1])
-        else:
-            self.height, self.width = int(av_frame.height), int(av_frame.width)
-
-    def to_frame(self) -> Frame:
-        if self._frame is None:
-            rgb = self._rgb if self._rgb is not None else self._av.to_ndarray(format="rgb24")
-            self._frame = Frame(camera=self.camera, index=self.index, capture_time=self.capture_time,
-                                monotonic=self.monotonic, image=rgb, pts_seconds=self.pts_seconds)
-            self._av = None  # release the decoder's buffer
-        return self._frame
-
-    @property
-    def converted(self) -> bool:
-        return self._frame is not None
-
-
-class FrameConsumer(Protocol):
-    """What a reader feeds. Both calls run in the reader's thread and must not block."""
-
-    def on_frame(self, frame: LazyFrame) -> None: ...
-
-    def on_discontinuity(self) -> None:
-        """The stream ended or broke (reconnect, end of file, stop): flush what is pending."""
-
-
-class PacketSink(Protocol):
-    """Where compressed packets go when evidence is on (``stream.evidence.PacketRing``); reader thread."""
-
-    def begin_segment(self, stream: Any, width: int | None = None, height: int | None = None,
-                      pix_fmt: str | None = None) -> None: ...
-
-    def push(self, data: bytes, pts: int | None, dts: int | None, duration: int | None, keyframe: bool,
-             capture: float) -> None: ...
-
-    def end_segment(self) -> None: ...
-
-
-MAX_PENDING_PACKETS = 512  # packets of a session held until its first frame gives the pts -> capture offset
-
-
-class ReaderMetrics(Protocol):
-    def camera_state(self, camera: str, state: CameraState) -> None: ...
-
-    def frame_decoded(self, camera: str) -> None: ...
-
-    def decode_error(self, camera: str) -> None: ...
-
-    def frames_lost(self, camera: str, n: int) -> None: ...
-
-    def reconnect(self, camera: str) -> None: ...
-
-
-class _NullMetrics:
-    def camera_state(self, camera: str, state: CameraState) -> None:
-        pass
-
-    def frame_decoded(self, camera: str) -> None:
-        pass
-
-    def decode_error(self, camera: str) -> None:
-        pass
-
-    def frames_lost(self, camera: str, n: int) -> None:
-        pass
-
-    def reconnect(self, camera: str) -> None:
-        pass
-
-
-# ---------------------------------------------------------------------------------------- the reader
-
-
-def source_kind(url: str) -> str:
-    """``"file"`` for file:// URLs and plain paths, ``"rtsp"`` or ``"http"`` for live sources."""
-    scheme = urlsplit(url).scheme.lower()
-    if scheme in ("", "file") or (len(scheme) == 1 and url[1:3] in (":\\", ":/")):  # plain or Windows path
-        return "file"
-    if scheme in ("rtsp", "rtsps"):
-        return "rtsp"
-    if scheme in ("http", "https"):
-        return "http"
-    raise SourceError(f"unsupported source {redact_url(url)!r}: use rtsp://, rtsps://, http(s):// or file://")
-
-
-def file_path(url: str) -> str:
-    """The local path of a file source (``file:///abs``, ``file:rel`` or a plain path)."""
-    parts = urlsplit(url)
-    if parts.scheme.lower() == "file":
-        return unquote((parts.netloc or "") + parts.path) if parts.netloc not in ("", "localhost") else unquote(parts.path)
-    return url
-
-
-@dataclass(frozen=True)
-class ReaderSettings:
-    """Everything one reader needs; built from ``cfg.cameras[i]`` and ``cfg.ingest`` by the service."""
-
-    name: str
-    url: str
-    transport: str = "tcp"  # rtsp transport: tcp | udp
-    open_timeout: float = 10.0
-    read_timeout: float = 5.0
-    backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
-    loop: bool = False  # file sources: start again at the end
-    realtime: bool = True  # file sources: release frames at their media time
-    max_consecutive_decode_errors: int = 100
-    max_clock_drift: float = 5.0
-    low_latency: bool = True  # RTSP: no input buffering in FFmpeg while probing
-
-
-@dataclass
-class ReaderStats:
-    frames: int = 0
-    decode_errors: int = 0
-    frames_lost: int = 0  # frames missing from the stream, from gaps in presentation time
-    reconnects: int = 0
-    sessions: int = 0
-    last_frame_monotonic: float | None = None
-    last_error: str | None = None
-    states: deque[CameraState] = field(default_factory=lambda: deque(maxlen=256))  # recent transitions
+log = logging.getLogger("stream.reader")
 
 
 class CameraReader:
@@ -343,7 +37,7 @@ class CameraReader:
         if self.kind == "file" and not Path(file_path(settings.url)).is_file():
             raise SourceError(f"camera {settings.name!r}: file {file_path(settings.url)!r} does not exist")
         self.consumer = consumer
-        self.metrics: ReaderMetrics = metrics or _NullMetrics()
+        self.metrics: ReaderMetrics = metrics or NullReaderMetrics()
         self.backoff = Backoff(settings.backoff, rng)
         self.stats = ReaderStats()
         self.state = CameraState.STOPPED
@@ -644,17 +338,3 @@ class CameraReader:
         data, pts, dts, duration, key, secs = item
         capture = secs + self._pts_offset if secs is not None and self._pts_offset is not None else self._last_capture
         ring.push(data, pts, dts, duration, key, capture)
-
-
-def make_reader_settings(camera: Any, ingest: Any) -> ReaderSettings:
-    """ReaderSettings from the config's camera entry and ``ingest`` section (duck-typed)."""
-    return ReaderSettings(
-        name=camera.name, url=camera.url, transport=getattr(camera, "transport", "tcp"),
-        open_timeout=ingest.open_timeout, read_timeout=ingest.read_timeout,
-        backoff=BackoffPolicy(initial=ingest.backoff_initial, maximum=ingest.backoff_max,
-                              reset_after=ingest.backoff_reset_after, jitter=ingest.jitter),
-        loop=getattr(camera, "loop", False), realtime=getattr(camera, "realtime", True),
-    )
-
-
-FrameCallback = Callable[[LazyFrame], None]

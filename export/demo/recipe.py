@@ -1,7 +1,7 @@
-"""The embedded demo: a synthetic model and a synthetic camera, built reproducibly and cached.
+"""The demo recipe: a synthetic model and a synthetic camera, built reproducibly and cached.
 
 ``dsanet prepare-demo`` (run by ``make demo`` before ``dsanet run``) makes, under the demo folder
-(``$DSANET_DEMO_DIR``, default ``.cache/demo`` in the repository):
+(``engine.demo_paths``: ``$DSANET_DEMO_DIR``, default ``.cache/demo`` in the repository):
 
 1. ``clip/``: the tiny random CLIP (NOT a real CLIP);
 2. ``videos/``: short weakly labelled training and test clips (calm scenes; anomalous clips hold one
@@ -29,7 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from export.demo_video import EVENT_CLASSES, EventSpan, write_video
+from engine.atomic import atomic_write
+from engine.demo_paths import TRAIN_PRESET_DIR, DemoLayout, demo_dir
+from export.demo.video import EVENT_CLASSES, EventSpan, write_video
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +53,6 @@ OVERRIDES = [
     "optim.main.lr=1e-4", "optim.sgnm.lr=1e-4", "optim.sgnm.warmup_iters=5",
     "optim.main.cosine_t_max=6", "optim.sgnm.planned_iterations=null",
 ]
-
-
-def default_demo_dir() -> Path:
-    env = os.environ.get("DSANET_DEMO_DIR")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / ".cache" / "demo"
 
 
 def _recipe() -> dict[str, object]:
@@ -84,22 +81,22 @@ def _videos(out: Path, split: str, n_normal: int, per_class: int, seed: int) -> 
     return groups
 
 
-def build_demo(demo_dir: str | os.PathLike[str] | None = None, force: bool = False,
+def build_demo(folder: str | os.PathLike[str] | None = None, force: bool = False,
                say: Callable[[str], None] = print) -> Path:
     """Build (or reuse) the demo bundle and camera clip; returns the demo folder."""
     from engine.clip import build_tiny_clip
+    from export.bundle_writer import ExportOptions, export_checkpoint
     from export.extract import extract_features
     from export.gt import write_ucf_annotations
-    from export.onnx_export import ExportOptions, export_checkpoint
     from export.train_config import load_train_config
     from export.trainer import train
 
-    root = Path(demo_dir) if demo_dir else default_demo_dir()
-    stamp = root / "recipe.json"
+    layout = DemoLayout(Path(folder) if folder else demo_dir())
+    root = layout.root
     recipe = _recipe()
-    if not force and stamp.is_file() and (root / "bundle" / "bundle.json").is_file() and (root / "camera.mp4").is_file():
+    if not force and layout.recipe.is_file() and layout.is_built():
         try:
-            if json.loads(stamp.read_text()) == json.loads(json.dumps(recipe)):
+            if json.loads(layout.recipe.read_text()) == json.loads(json.dumps(recipe)):
                 say(f"demo: using the cached demo model in {root}")
                 return root
         except (OSError, json.JSONDecodeError):
@@ -109,14 +106,14 @@ def build_demo(demo_dir: str | os.PathLike[str] | None = None, force: bool = Fal
         shutil.rmtree(root)
     root.mkdir(parents=True)
     say(f"demo: building the synthetic demo model in {root} (first run only, a few minutes)")
-    clip_dir = build_tiny_clip(root / "clip", seed=0)
+    clip_dir = build_tiny_clip(layout.clip, seed=0)
 
-    data = root / "data"
+    data = layout.data
     for split, (n_norm, per_class, seed, list_name) in {
         "train": (TRAIN_NORMAL, TRAIN_PER_CLASS, 1, "ucf_CLIP_rgb.csv"),
         "test": (TEST_NORMAL, TEST_PER_CLASS, 2, "ucf_CLIP_rgbtest.csv"),
     }.items():
-        groups = _videos(root / "videos" / split, split, n_norm, per_class, seed)
+        groups = _videos(layout.videos / split, split, n_norm, per_class, seed)
         crops = TRAIN_CROPS if split == "train" else 1
         # anomalous classes first, then Normal, as VadCLIP's lists
         for label in [*EVENT_CLASSES, "Normal"]:
@@ -131,14 +128,13 @@ def build_demo(demo_dir: str | os.PathLike[str] | None = None, force: bool = Fal
             write_ucf_annotations(data / "list" / "Temporal_Anomaly_Annotation.txt", entries)
     say(f"demo: features ready ({time.monotonic() - t0:.0f} s); training the head")
 
-    preset = Path(__file__).resolve().parent.parent / "configs" / "train" / "ucf.yaml"
-    cfg = load_train_config(preset, list(OVERRIDES))
-    result = train(cfg, data, str(clip_dir), root / "run", device="cpu", progress=False)
+    cfg = load_train_config(TRAIN_PRESET_DIR / "ucf.yaml", list(OVERRIDES))
+    result = train(cfg, data, str(clip_dir), layout.run, device="cpu", progress=False)
     say(f"demo: trained ({time.monotonic() - t0:.0f} s), best AUC {result.best_metric}; exporting the bundle")
-    export_checkpoint(root / "run" / "best.safetensors", str(clip_dir), root / "bundle",
+    export_checkpoint(layout.run / "best.safetensors", str(clip_dir), layout.bundle,
                       ExportOptions(name="dsanet-demo (synthetic)"), force=True)
 
-    write_video(root / "camera.mp4", CAMERA_SECONDS, CAMERA_EVENTS, *CAMERA_SIZE, fps=FPS, seed=7)
-    stamp.write_text(json.dumps(recipe, indent=2))
+    write_video(layout.camera, CAMERA_SECONDS, CAMERA_EVENTS, *CAMERA_SIZE, fps=FPS, seed=7)
+    atomic_write(layout.recipe, json.dumps(recipe, indent=2))  # written last: it marks the demo complete
     say(f"demo: ready in {time.monotonic() - t0:.0f} s")
     return root
