@@ -903,7 +903,6 @@ def _read_all(path: Path) -> Any:
     return r.stats
 
 
-@pytest.mark.xfail(strict=True, reason="phantom frames_lost on a rate change: fixed after the reader moves (issue 11)")
 def test_a_frame_rate_change_is_not_counted_as_loss(tmp_path):
     """A camera that drops from 25 to 12.5 fps (every pts step doubles, nothing missing) loses no frame;
     a real gap after the change is still counted, against the new rate."""
@@ -923,7 +922,6 @@ def test_a_frame_rate_change_is_not_counted_as_loss(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="journal and spool fsyncs run on the scoring thread: fixed after issue 11")
 def test_slow_fsync_adds_no_lag_to_scoring(clip_factory, tiny_bundle_dir, tmp_path, services, monkeypatch):
     """Two services side by side on the same clip; for one of them every fsync (spool files, the open-event
     journal, the jsonl sink, their directories) takes 0.3 s, as on a saturated disk. Events start and end on
