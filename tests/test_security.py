@@ -25,7 +25,7 @@ from urllib.parse import quote
 from urllib.request import urlopen
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
 from stream.config import MetricsConfig, parse_config
@@ -110,7 +110,7 @@ _hunt_passwords = st.text(alphabet=PRINTABLE, min_size=8, max_size=20).filter(
 
 @pytest.mark.system
 @pytest.mark.slow
-@settings(max_examples=2, deadline=None, derandomize=True,
+@settings(max_examples=2, deadline=None, derandomize=True, phases=[Phase.explicit, Phase.generate],
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(good_pw=_hunt_passwords, bad_pw=_hunt_passwords)
 def test_generated_printable_passwords_never_reach_any_output(rtsp_server, tiny_bundle_dir, tmp_path, http_receiver,
