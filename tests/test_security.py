@@ -104,8 +104,7 @@ def test_camera_passwords_never_reach_any_output(rtsp_server, tiny_bundle_dir, t
     _hunt(rtsp_server, tiny_bundle_dir, tmp_path, http_receiver, caplog, good_pw, bad_pw, raw=raw)
 
 
-_hunt_passwords = st.text(alphabet=PRINTABLE, min_size=8, max_size=20).filter(
-    lambda s: len(set(s)) >= 6 and s.strip() == s)  # distinct enough not to occur by chance in ordinary output
+_hunt_passwords = st.text(alphabet=PRINTABLE, min_size=4, max_size=20)
 
 
 @pytest.mark.system
@@ -122,16 +121,21 @@ def test_generated_printable_passwords_never_reach_any_output(rtsp_server, tiny_
     work.mkdir()
     http_receiver.clear()
     caplog.clear()
-    _hunt(rtsp_server, tiny_bundle_dir, work, http_receiver, caplog, good_pw, bad_pw, raw=False, cli=False)
+    # unique ends around the drawn part: a drawn password may be an ordinary word ("evidence": hypothesis
+    # also draws strings it finds in the code), which legitimately appears in outputs; a partial leak
+    # shows its end, so the ends are hunted on their own too
+    good, bad = f"Kx7Qz{good_pw}Wm3Jv", f"Pq8Lr{bad_pw}Yt2Hn"
+    _hunt(rtsp_server, tiny_bundle_dir, work, http_receiver, caplog, good, bad, raw=False, cli=False,
+          markers=("Kx7Qz", "Wm3Jv", "Pq8Lr", "Yt2Hn"))
 
 
 def _hunt(rtsp_server, tiny_bundle_dir, tmp_path, http_receiver, caplog, good_pw: str, bad_pw: str,  # noqa: ANN001
-          raw: bool, cli: bool = True) -> None:
+          raw: bool, cli: bool = True, markers: tuple[str, ...] = ()) -> None:
     from stream.redact import install_log_redaction
     from stream.service import Service
     from tests.fixtures.rtsp import live_mount
 
-    HUNTED[:] = [good_pw, bad_pw]
+    HUNTED[:] = [good_pw, bad_pw, *markers]
     HUNT_COUNTS["runs"] += 1
     install_log_redaction()  # as `dsanet run` does
     caplog.set_level(logging.DEBUG)
