@@ -135,12 +135,17 @@ def test_property_any_printable_password_is_masked_in_urls_and_free_text(pw: str
         url = f"rtsp://{user}:{url_pw}@192.0.2.10:554/stream1"
         text = f"camera lobby: cannot open {url!r}: Server returned 401 Unauthorized\nnext line"
         out = redact(text)
+        forms = {pw, quote(pw, safe="")}
         if len(pw) >= 4:
-            for form in {pw, quote(pw, safe="")}:
+            for form in forms:
                 assert form not in out, (pw, out)
             FUZZ["registered"] += 1
-        assert out.endswith("401 Unauthorized\nnext line"), out
-        assert "192.0.2.10:554/stream1" in out
+        # the text around survives, unless the drawn password is itself part of it (hypothesis also
+        # draws words it finds in the code, and a registered secret is masked wherever it appears)
+        context = f"{user} camera lobby: cannot open : Server returned 401 Unauthorized\nnext line 192.0.2.10:554/stream1"
+        if len(pw) < 4 or not any(f in context for f in forms):
+            assert out.endswith("401 Unauthorized\nnext line"), out
+            assert "192.0.2.10:554/stream1" in out
     # URL patterns alone, no registration: the encoded form (the documented way) is always masked
     clear_secrets()
     out = redact(f"rtsp://{user}:{quote(pw, safe='')}@192.0.2.10/x")
