@@ -245,6 +245,6 @@ def install_output_redaction() -> None:
     """Route ``sys.stdout`` and ``sys.stderr`` through :class:`RedactingStream` (the CLI calls this first,
     so prints, log handlers created later and Python's own traceback printing are all covered)."""
     if not isinstance(sys.stdout, RedactingStream):
-        sys.stdout = RedactingStream(sys.stdout)  # type: ignore[assignment]
+        sys.stdout = RedactingStream(sys.stdout)
     if not isinstance(sys.stderr, RedactingStream):
-        sys.stderr = RedactingStream(sys.stderr)  # type: ignore[assignment]
+        sys.stderr = RedactingStream(sys.stderr)
