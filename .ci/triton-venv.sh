@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The Triton Inference Server used by the scale-out tests and bench/triton.py (idempotent).
+# The Triton Inference Server used by the scale-out tests and bench/triton_encoder.py (idempotent).
 #
 # Why a venv of its own: the `tritonserver` binary (2.51) ships inside the nvidia-pytriton wheel, which
 # pins numpy<2, while the project runs numpy 2; Triton's Python backend runs the encoder through

@@ -105,15 +105,15 @@ def run(bundle: Path, clip: Path, cameras: int, seconds: float, lookahead: int, 
 
         cam.cutter.on_frame = on_frame  # type: ignore[method-assign]
 
-    dispatch = svc._dispatch
+    emit = svc._emit  # the event path's entry (evidence stage or delivery), where start events enter
 
     def on_event(ev: Any) -> None:
         if ev.type == "start":
             with lock:
                 starts.append((ev.camera, time.time(), ev.category))
-        dispatch(ev)
+        emit(ev)
 
-    svc._dispatch = on_event  # type: ignore[method-assign]
+    svc._emit = on_event
     scored: list[tuple[str, float, float, float]] = []  # camera, snippet start, snippet end, score
     on_scores = svc.head.on_scores  # the head worker's callback (Service._on_scores)
 

@@ -9,8 +9,12 @@ start / end / max (and the value after warm-up) for each, then one ``RESULT key=
 Sources: GStreamer RTSP live mounts (``videotestsrc`` + x264, one server with N mounts) when the test
 fixture server is usable here, else looped real-time file cameras (``--source file`` forces that).
 
-    .venv/bin/python bench/soak.py                       # 8 cameras, 10 minutes
+    .venv/bin/python bench/soak.py                       # 8 cameras, 10 minutes; exits 1 past LIMITS
     .venv/bin/python bench/soak.py --cameras 4 --minutes 1 --source file
+
+After warm-up it asserts (``LIMITS``): RSS slope (least squares) <= 2 MB/min, Python threads and open fds
+at most 2 above warm-up, worst-camera lag p95 <= 2 s, zero dropped windows; each broken limit prints a
+``FAIL`` line and the exit status is 1 (``--no-assert`` reports only).
 """
 
 from __future__ import annotations
@@ -160,6 +164,47 @@ def run_soak(cameras: int, seconds: float, source: str = "auto", width: int = 32
             "source": "file" if file_mode else "rtsp", "events": events, "elapsed": time.monotonic() - t0}
 
 
+# What the 10-minute benchmark asserts (after warm-up). Stated, not tuned: a leak of 2 MB a minute is
+# 2.9 GB a day; a worker thread or a socket per reconnect shows as threads/fds above warm-up; lag p95
+# above 2 s means the service no longer keeps up with its cameras; every dropped window is a miss.
+LIMITS = {"rss_slope_mb_per_min": 2.0, "threads_above_warm": 2, "fds_above_warm": 2, "lag_p95_s": 2.0,
+          "dropped_after_warm": 0}
+
+
+def slope_per_min(xs: list[float], ys: list[float]) -> float:
+    """Least-squares slope of ys over xs (seconds), per minute."""
+    n = len(xs)
+    if n < 2:
+        return 0.0
+    mx, my = sum(xs) / n, sum(ys) / n
+    var = sum((x - mx) ** 2 for x in xs)
+    return 60.0 * sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var if var else 0.0
+
+
+def p95(vals: list[float]) -> float:
+    vals = sorted(v for v in vals if v == v)
+    return vals[min(len(vals) - 1, int(0.95 * len(vals)))] if vals else float("nan")
+
+
+def evaluate(res: dict[str, Any], interval: float = 1.0) -> tuple[dict[str, float], list[str]]:
+    """Figures after warm-up and the list of limits they break (empty: pass)."""
+    samples, w = res["samples"], res["warm_index"]
+    after = samples[w:]
+    xs = [i * interval for i in range(len(after))]
+    half = len(after) // 2
+    figures = {
+        "rss_slope_mb_per_min": round(slope_per_min(xs, [x["rss_mb"] for x in after]), 3),
+        "threads_above_warm": max(x["threads"] for x in after) - after[0]["threads"],
+        "fds_above_warm": max(x["fds"] for x in after) - after[0]["fds"],
+        "lag_p95_s": round(p95([x["lag_max_s"] for x in after]), 3),
+        "lag_p95_first_half_s": round(p95([x["lag_max_s"] for x in after[:half]]), 3),
+        "lag_p95_second_half_s": round(p95([x["lag_max_s"] for x in after[half:]]), 3),
+        "dropped_after_warm": samples[-1]["dropped"] - samples[w]["dropped"],
+    }
+    broken = [f"{k}={figures[k]} > {limit}" for k, limit in LIMITS.items() if figures[k] > limit]
+    return figures, broken
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cameras", type=int, default=8)
@@ -170,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fps", type=int, default=10)
     ap.add_argument("--warmup", type=float, default=30.0, help="seconds before the 'warm' reference sample")
     ap.add_argument("--json", help="also write every sample to this JSON file")
+    ap.add_argument("--no-assert", action="store_true", help="report only; do not fail on the LIMITS")
     args = ap.parse_args(argv)
     print_header(f"soak: {args.cameras} cameras, {args.minutes:g} min")
     res = run_soak(args.cameras, args.minutes * 60.0, args.source, args.width, args.height, args.fps,
@@ -181,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     for key, v in s.items():
         print(f"{key:16s} {v['start']:10.2f} {v['warm']:10.2f} {v['end']:10.2f} {v['max']:10.2f} {v['median']:10.2f}")
     secs = max(1e-9, res["elapsed"])
+    figures, broken = evaluate(res)
+    print("after warm-up: " + ", ".join(f"{k} {v}" for k, v in figures.items())
+          + f" (limits: {', '.join(f'{k} <= {v}' for k, v in LIMITS.items())})")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
     print(result_line(cameras=args.cameras, minutes=args.minutes, source=res["source"],
@@ -194,8 +243,18 @@ def main(argv: list[str] | None = None) -> int:
                       lag_median_s=s.get("lag_max_s", {}).get("median", float("nan")),
                       lag_max_s=s.get("lag_max_s", {}).get("max", float("nan")),
                       fps_total=s["frames"]["end"] / secs, scores=s["scores"]["end"], dropped=s["dropped"]["end"],
-                      reconnects=s["reconnects"]["end"], events=res["events"]))
-    return 0
+                      reconnects=s["reconnects"]["end"], events=res["events"],
+                      **{k: v for k, v in figures.items()}, passed=int(not broken)))
+    for b in broken:
+        print(f"FAIL {b}")
+    results = os.environ.get("DSANET_RESULTS_DIR")
+    if results:  # bench/reliability_table.py renders this into docs/reliability.md
+        Path(results).mkdir(parents=True, exist_ok=True)
+        (Path(results) / "soak.json").write_text(json.dumps(
+            {"cameras": args.cameras, "minutes": args.minutes, "source": res["source"], "figures": figures,
+             "broken": broken, "limits": LIMITS, "load_1m": os.getloadavg()[0],
+             "summary": {k: {kk: round(vv, 2) for kk, vv in v.items()} for k, v in s.items()}}, indent=1))
+    return 1 if broken and not args.no_assert else 0
 
 
 if __name__ == "__main__":

@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from stream.redact import install_output_redaction
+
+    install_output_redaction()  # every line the CLI prints (errors, tracebacks, logs) is redacted
     parser = build_parser()
     args = parser.parse_args(argv)  # usage errors: argparse prints them and exits 2
     if not getattr(args, "func", None):

@@ -30,7 +30,7 @@ from pydantic.fields import FieldInfo
 
 from engine.bundle import DEFAULT_MAX_WINDOW
 from engine.errors import DsanetError
-from stream.redact import redact
+from stream.redact import redact, register_secret, url_password_candidates
 from stream.window import DEFAULT_LOOKAHEAD
 
 URL_SCHEMES = ("rtsp", "rtsps", "http", "https", "file")
@@ -525,6 +525,30 @@ def _substitute(value: Any, path: tuple[Any, ...], problems: list[tuple[tuple[An
     return value
 
 
+_SECRET_KEYS = frozenset({"password", "bearer_token", "hmac_secret", "token"})
+
+
+def _register_secrets(value: Any, key: Any = None) -> None:
+    """Register every configured credential with :func:`stream.redact.register_secret` (before
+    validation, so even error messages about a bad entry mask it): passwords and secret query values of
+    every URL, the secret fields, and webhook header values."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if k == "headers" and isinstance(v, dict):
+                for hv in v.values():
+                    register_secret(hv)
+            _register_secrets(v, k)
+    elif isinstance(value, list):
+        for v in value:
+            _register_secrets(v, key)
+    elif isinstance(value, str):
+        if key in _SECRET_KEYS:
+            register_secret(value)
+        if "://" in value:
+            for user, pw in url_password_candidates(value):
+                register_secret(pw, user=user or None)
+
+
 def _fmt_path(path: tuple[Any, ...]) -> str:
     out = ""
     for p in path:
@@ -592,6 +616,7 @@ def parse_config(text: str, source: str = "<config>") -> DeploymentConfig:
         _node_lines(node, (), lines)
     env_problems: list[tuple[tuple[Any, ...], str]] = []
     data = _substitute(raw, (), env_problems)
+    _register_secrets(data)
     found: list[tuple[int, str]] = []
     for path, msg in env_problems:
         found.append((_line_for(path, lines) or 0, f"{_fmt_path(path)} (line {_line_for(path, lines)}): {msg}"))

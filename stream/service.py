@@ -349,6 +349,7 @@ class Service:
             log.info("metrics on %s/metrics (also /healthz, /readyz)", self.server.url)
         for sink in self.sinks:
             sink.start()
+        self.delivery.start()
         if self.evidence is not None:
             self.evidence.start()
         for ev in self.journal.recover(now=time.time()):
@@ -492,6 +493,8 @@ class Service:
             self.evidence.stop(timeout=max(0.5, deadline - time.monotonic() - 1.0))
             t = mark("evidence", t)
         self.listeners.stop(timeout=left(0.5))
+        self.delivery.stop(timeout=max(0.5, deadline - time.monotonic() - 1.0))  # queued events reach the spools
+        t = mark("event_writer", t)
         n = max(1, len(self.sinks))
         for sink in self.sinks:
             try:

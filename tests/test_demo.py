@@ -31,11 +31,17 @@ def _free_port() -> int:
 def test_demo_builds_once_and_the_service_alerts_with_a_category(tmp_path: Path) -> None:
     from export.demo import CAMERA_EVENTS, build_demo
 
-    demo = tmp_path / "demo"
+    # one build shared by every run of the suite on this checkout (it trains for minutes the first time;
+    # the recipe stamp makes build_demo rebuild it when the recipe changes)
+    demo = ROOT / ".cache" / "test-demo"
     messages: list[str] = []
     build_demo(demo, say=messages.append)
     assert (demo / "bundle" / "bundle.json").is_file() and (demo / "camera.mp4").is_file()
-    assert any("building" in m for m in messages)
+    assert any("building" in m for m in messages) or messages == [f"demo: using the cached demo model in {demo}"]
+    import shutil
+
+    (demo / "events.jsonl").unlink(missing_ok=True)  # what an earlier run of this test left behind
+    shutil.rmtree(demo / "spool", ignore_errors=True)
     # the second call reuses the cache
     again: list[str] = []
     build_demo(demo, say=again.append)
@@ -71,3 +77,21 @@ def test_demo_builds_once_and_the_service_alerts_with_a_category(tmp_path: Path)
     assert starts[0]["category"] and starts[0]["category"].lower() != "normal"
     assert any(e["type"] == "end" for e in events)  # ended by the event's end or by the shutdown
     assert "ALERT" in out or first.label in out or starts[0]["category"] in out
+
+    # The alerts fall inside the clip's scripted spans: the same clip, bundle and deployment config scored
+    # offline (`dsanet score` runs the live windowing and event code), every event's start lies in one
+    # of CAMERA_EVENTS, allowing the lookahead (4 snippets of 16/30 s, ~2.1 s) before it and the hold
+    # (2 s) plus one snippet after its end.
+    offline = tmp_path / "offline.jsonl"
+    res = subprocess.run([sys.executable, "-m", "stream.cli", "score", str(demo / "camera.mp4"), "-c", str(cfg_path),
+                          "-q", "--events", str(offline)], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    offline_starts = [json.loads(line) for line in offline.read_text().splitlines()
+                      if json.loads(line)["type"] == "start"]
+    assert offline_starts, res.stdout
+    before, after = 4 * 16 / 30 + 0.1, 2.0 + 16 / 30 + 0.1
+    for e in offline_starts:
+        t = e["video"]["start_s"]
+        assert any(span.start - before <= t <= span.end + after for span in CAMERA_EVENTS), \
+            (t, [(s.start, s.end) for s in CAMERA_EVENTS])

@@ -24,7 +24,7 @@ from tests.fixtures.clips import (
     make_clip_info,
     render_frame,
 )
-from tests.fixtures.http_receiver import SIGNATURE_HEADER, HttpReceiver, hmac_signature
+from tests.fixtures.http_receiver import SIGNATURE_HEADER, HttpReceiver, hmac_signature, standard_signature
 from tests.fixtures.rtsp import RtspServer, file_mount, live_mount
 from tests.fixtures.system import available, in_ci, port_accepts, require
 from tests.fixtures.tcp_proxy import TcpProxy
@@ -395,12 +395,19 @@ def test_http_receiver_records_fails_and_verifies_hmac(http_receiver) -> None:
 
     http_receiver.clear()
     http_receiver.set_secret("topsecret")
-    good = hmac_signature("topsecret", body)
-    assert _post(http_receiver.url(), body, {SIGNATURE_HEADER: good}) == 200
-    assert _post(http_receiver.url(), body, {SIGNATURE_HEADER: hmac_signature("other", body)}) == 200
-    assert _post(http_receiver.url(), body + b" ", {SIGNATURE_HEADER: good}) == 200  # body changed
+    ids = {"webhook-id": "e1:0", "webhook-timestamp": "1700000000"}
+
+    def signed(secret: str, b: bytes, **over: str) -> dict[str, str]:
+        h = {**ids, **over}
+        return {**h, SIGNATURE_HEADER: hmac_signature(secret, ids["webhook-id"], ids["webhook-timestamp"], b),
+                "webhook-signature": standard_signature(secret, ids["webhook-id"], ids["webhook-timestamp"], b)}
+
+    assert _post(http_receiver.url(), body, signed("topsecret", body)) == 200
+    assert _post(http_receiver.url(), body, signed("other", body)) == 200
+    assert _post(http_receiver.url(), body + b" ", signed("topsecret", body)) == 200  # body changed
+    assert _post(http_receiver.url(), body, signed("topsecret", body, **{"webhook-timestamp": "1700000999"})) == 200
     assert _post(http_receiver.url(), body) == 200  # unsigned
-    assert [r.signature_valid for r in http_receiver.requests()] == [True, False, False, False]
+    assert [r.signature_valid for r in http_receiver.requests()] == [True, False, False, False, False]
 
 
 def test_http_receiver_slow_mode_outlasts_a_short_client_timeout() -> None:

@@ -313,7 +313,9 @@ def test_webhook_signature_matches_receiver_check(http_receiver, tmp_path) -> No
     from stream.sinks.webhook import sign, verify
 
     body = b'{"a":1}'
-    assert verify("k", body, sign("k", body)) and not verify("k", body, sign("other", body))
+    assert verify("k", "e:0", "1700000000", body, sign("k", "e:0", "1700000000", body))
+    assert not verify("k", "e:0", "1700000000", body, sign("other", "e:0", "1700000000", body))
+    assert not verify("k", "e:0", "1700000001", body, sign("k", "e:0", "1700000000", body))  # timestamp is signed
     http_receiver.set_secret("right")
     s = webhook(http_receiver, tmp_path, hmac_secret="wrong")
     s.start()

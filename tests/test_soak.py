@@ -40,3 +40,8 @@ def test_short_soak_resources_do_not_grow_after_warmup():
     # queues stay within their bound (64, drop-oldest); on an overloaded machine they may sit at it, and
     # then every item that did not fit was dropped and counted rather than queued without limit
     assert s["encoder_queue"]["max"] <= 64 and s["head_queue"]["max"] <= 64
+    # lag does not build up: the second half's p95 stays within the first half's (x1.5 + 0.5 s for noise);
+    # a service that falls behind its cameras shows a lag that keeps growing
+    figures, _ = soak.evaluate(res)
+    print("soak figures after warm-up", figures)
+    assert figures["lag_p95_second_half_s"] <= 1.5 * figures["lag_p95_first_half_s"] + 0.5, figures

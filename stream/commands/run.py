@@ -16,7 +16,9 @@ def register(subparsers: Any) -> None:
         description="Read every enabled camera of the deployment config, score sliding windows of CLIP "
                     "embeddings with the DSANet head, and send alert events to the configured sinks. "
                     "Prints a status line per camera every few seconds and every alert as it happens. "
-                    "Stops cleanly on Ctrl-C / SIGTERM (open events end with reason 'shutdown').")
+                    "Stops cleanly on Ctrl-C / SIGTERM (open events end with reason 'shutdown'). "
+                    "Delivery is at-least-once: after a crash or a lost acknowledgement an event can arrive "
+                    "twice, so receivers de-duplicate on (id, seq) (see docs/events.md).")
     p.add_argument("-c", "--config", default=None, metavar="FILE",
                    help="deployment YAML (default: configs/demo.yaml, the embedded demo)")
     p.add_argument("--duration", type=float, default=None, metavar="SECONDS",
@@ -35,8 +37,8 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         obj = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
                "level": record.levelname, "logger": record.name, "message": record.getMessage()}
-        if record.exc_info:
-            obj["exception"] = self.formatException(record.exc_info)
+        if record.exc_info:  # exc_text: the traceback already redacted by stream.redact.RedactingFilter
+            obj["exception"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(obj, ensure_ascii=False)
 
 

@@ -20,6 +20,12 @@ from stream.reader.settings import ReaderSettings, ReaderStats
 from stream.reader.state import CameraState, SourceError, file_path, source_kind
 from stream.redact import redact, redact_url
 
+#: this many intervals in a row, each as long as the others (within 10%) and all longer than 1.5x the
+#: frame period, are a change of frame rate, not loss (a camera's timestamps are regular; loss under a
+#: bandwidth cap or random drops rarely repeats the same gap six times)
+RATE_CHANGE_INTERVALS = 6
+RATE_CHANGE_SPREAD = 1.10
+
 log = logging.getLogger("stream.reader")
 
 
@@ -31,6 +37,8 @@ class CameraReader:
         self.settings = settings
         self._last_pts: float | None = None
         self._pts_deltas: deque[float] = deque(maxlen=32)
+        self._lost_suspects: list[float] = []  # long intervals not judged yet: loss or a new frame rate
+        self._suspect_errors = 0  # decode errors counted when the first suspect arrived
         self.kind = source_kind(settings.url)
         if settings.transport not in ("tcp", "udp"):
             raise SourceError(f"camera {settings.name!r}: transport must be tcp or udp, not {settings.transport!r}")
@@ -198,7 +206,7 @@ class CameraReader:
             stream = container.streams.video[0]
             self._stream, self._seg_key, self._pts_offset = stream, None, None
             self._pending_packets = []
-            self._last_pts, self._pts_deltas = None, deque(maxlen=32)
+            self._last_pts, self._pts_deltas, self._lost_suspects = None, deque(maxlen=32), []
             self._live_clock.reset()
             rate = stream.average_rate or stream.guessed_rate
             self._media_clock.new_loop(float(1 / rate) if rate else None)
@@ -251,20 +259,54 @@ class CameraReader:
 
     def _count_lost(self, pts: float | None) -> None:
         """Frames lost on the way show up as a gap in presentation time (the median recent interval is
-        the frame period; a file's average rate would already include the gap)."""
+        the frame period; a file's average rate would already include the gap).
+
+        A longer interval is first held as a *suspect*: if ``RATE_CHANGE_INTERVALS`` suspects in a row are
+        alike (within ``RATE_CHANGE_SPREAD``), the camera changed its frame rate (25 -> 12.5 fps) and
+        nothing was lost, so they become the new frame period; when a normal interval follows instead,
+        each suspect was a gap and its missing frames are counted. Alike suspects with damaged frames
+        among them (decode errors) are loss too: a bandwidth cap drops in a steady rhythm. Loss that
+        repeats the same gap six times in a row with every frame intact cannot be told from a slower
+        camera and is not counted.
+        """
         if pts is None:
             return
-        if self._last_pts is not None:
-            d = pts - self._last_pts
-            if len(self._pts_deltas) >= 8:
-                interval = statistics.median(self._pts_deltas)
-                if interval > 0 and d > 1.5 * interval:
-                    n = round(d / interval) - 1
-                    self.stats.frames_lost += n
-                    self.metrics.frames_lost(self.name, n)
-            if d > 0:
-                self._pts_deltas.append(d)
-        self._last_pts = pts
+        last, self._last_pts = self._last_pts, pts
+        if last is None:
+            return
+        d = pts - last
+        if d <= 0:
+            return
+        if len(self._pts_deltas) < 8:
+            self._pts_deltas.append(d)
+            return
+        interval = statistics.median(self._pts_deltas)
+        if interval > 0 and d > 1.5 * interval:
+            if not self._lost_suspects:
+                self._suspect_errors = self.stats.decode_errors
+            self._lost_suspects.append(d)
+            tail = self._lost_suspects[-RATE_CHANGE_INTERVALS:]
+            if len(tail) == RATE_CHANGE_INTERVALS and max(tail) <= RATE_CHANGE_SPREAD * min(tail):
+                if self.stats.decode_errors != self._suspect_errors:
+                    # damaged frames among them: data went missing (a bandwidth cap drops in a steady
+                    # rhythm), not a camera that slowed down
+                    self._settle_suspects(interval, self._lost_suspects)
+                else:
+                    self._settle_suspects(interval, self._lost_suspects[:-RATE_CHANGE_INTERVALS])
+                    self._pts_deltas.clear()
+                    self._pts_deltas.extend(tail)  # the new frame period
+                self._lost_suspects = []
+            return
+        self._settle_suspects(interval, self._lost_suspects)
+        self._lost_suspects = []
+        self._pts_deltas.append(d)
+
+    def _settle_suspects(self, interval: float, gaps: list[float]) -> None:
+        """Count the frames missing in gaps judged to be loss."""
+        n = sum(max(0, round(g / interval) - 1) for g in gaps)
+        if n:
+            self.stats.frames_lost += n
+            self.metrics.frames_lost(self.name, n)
 
     def _deliver(self, av_frame: Any) -> None:
         arrival, mono = time.time(), time.monotonic()

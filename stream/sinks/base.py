@@ -3,9 +3,9 @@
 ``submit`` only appends to the sink's durable spool and wakes the worker, so a slow or dead receiver
 never blocks the pipeline. One worker thread per sink delivers the oldest spooled event, acks it on
 success, and on failure waits with capped exponential backoff before trying the SAME event again, so
-events arrive in order and each ``(id, seq)`` reaches the receiver at least once; because an acked
-event is deleted durably, it is never sent again, which together with the stable id gives receivers
-exactly-once handling by deduplicating on ``(id, seq)``.
+events arrive in order and each ``(id, seq)`` reaches the receiver at least once. Delivery is
+at-least-once: a crash between a successful send and its ack sends that event again after the restart,
+so receivers de-duplicate on ``(id, seq)``.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ class Result(str, enum.Enum):
 
     DELIVERED = "delivered"
     RETRY = "failed"  # transient: keep it, back off, try again
+    AUTH_FAILED = "auth_failed"  # the receiver refused our credentials (401/403): retried like RETRY, counted apart
     DEAD = "dead_letter"  # permanent: the receiver rejected it; keep it aside, never retry
     DROPPED = "dropped"  # spool overflow: the oldest event was discarded
     SPOOL_ERROR = "spool_error"  # the spool could not write the event to disk; it is held in memory
@@ -241,8 +242,9 @@ class Sink:
                 self.failures += 1
                 delay = self.backoff.next()
                 if self.failures == 1 or redact(reason or "") != self.last_error:
-                    log.warning("sink %s: delivery to %s failed (%s); retrying in %.1fs (%d queued)", self.name,
-                                self.target(), redact(reason or "?"), delay, len(self.spool))
+                    level = logging.ERROR if result is Result.AUTH_FAILED else logging.WARNING
+                    log.log(level, "sink %s: delivery to %s failed (%s); retrying in %.1fs (%d queued)", self.name,
+                            self.target(), redact(reason or "?"), delay, len(self.spool))
                 self.last_error = redact(reason) if reason else None
                 if self._stop.is_set():
                     return  # shutting down: no backoff, the rest stays spooled

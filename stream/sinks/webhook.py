@@ -1,18 +1,28 @@
 """``webhook`` sink: POST each event as JSON.
 
-- 2xx: delivered. 408, 429 and 5xx, timeouts and connection errors: retried with capped exponential
+- 2xx: delivered. 408, 425, 429 and 5xx, timeouts and connection errors: retried with capped exponential
   backoff (``backoff_initial`` .. ``backoff_max``), the same event again until it goes through, so events
-  arrive in order. Other 4xx (and 3xx): the receiver refuses it for good; the event goes to the spool's
-  ``dead-letter.jsonl``, is counted and logged, and delivery moves on.
+  arrive in order. 401 and 403 (an expired token, a rotated secret): also retried with the same backoff,
+  because the operator can fix them without losing events; each such attempt counts in
+  ``dsanet_sink_deliveries_total{result="auth_failed"}`` and is logged at ERROR. Other 4xx (and 3xx) mean
+  "bad request": the receiver refuses this event for good; it goes to the spool's ``dead-letter.jsonl``,
+  is counted and logged, and delivery moves on.
+- Delivery is at-least-once: an event whose 2xx answer was lost (a timeout, a crash before the ack) is
+  sent again. Receivers de-duplicate on ``(id, seq)`` (also in ``webhook-id``).
 - Headers: ``Content-Type: application/json``, ``X-Dsanet-Event-Id``, ``X-Dsanet-Event-Seq``,
-  ``X-Dsanet-Timestamp`` (UNIX seconds of the attempt), with ``hmac_secret``
-  ``X-Dsanet-Signature: sha256=<hex HMAC-SHA256 of the raw body>``, with ``bearer_token``
-  ``Authorization: Bearer <token>``, plus any configured ``headers``.
+  ``X-Dsanet-Event-Type``, and in the Standard Webhooks style ``webhook-id`` (``<id>:<seq>``, the same on
+  every retry), ``webhook-timestamp`` (UNIX seconds of this attempt; also ``X-Dsanet-Timestamp``). With
+  ``hmac_secret``: ``webhook-signature: v1,<base64 HMAC-SHA256>`` and ``X-Dsanet-Signature:
+  sha256=<hex of the same HMAC>``, both over ``<webhook-id>.<webhook-timestamp>.<raw body>``, so neither
+  the timestamp nor the id can be changed without breaking the signature (receivers reject stale
+  timestamps to stop replays). With ``bearer_token``: ``Authorization: Bearer <token>``; plus any
+  configured ``headers``.
 Standard library only (http.client); one connection per attempt keeps failure handling simple.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import http.client
@@ -32,19 +42,43 @@ from stream.sinks.spool import SpoolItem
 
 SIGNATURE_HEADER = "X-Dsanet-Signature"
 TIMESTAMP_HEADER = "X-Dsanet-Timestamp"
+WEBHOOK_ID = "webhook-id"
+WEBHOOK_TIMESTAMP = "webhook-timestamp"
+WEBHOOK_SIGNATURE = "webhook-signature"
 USER_AGENT = "dsanet-stream/0.1"
 RETRY_STATUSES = frozenset({408, 425, 429})
+AUTH_STATUSES = frozenset({401, 403})
 
 
-def sign(secret: str | bytes, body: bytes) -> str:
-    """The ``X-Dsanet-Signature`` value for ``body``: ``sha256=<hex>``."""
+def message_id(payload: dict[str, Any]) -> str:
+    """The ``webhook-id`` of an event: ``<id>:<seq>``, stable across retries (the de-duplication key)."""
+    return f"{payload.get('id', '')}:{payload.get('seq', '')}"
+
+
+def _mac(secret: str | bytes, msg_id: str, timestamp: str | int, body: bytes) -> bytes:
     key = secret.encode("utf-8") if isinstance(secret, str) else secret
-    return "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
+    return hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
 
 
-def verify(secret: str | bytes, body: bytes, header: str | None) -> bool:
-    """Receiver-side check of a signature header (constant-time)."""
-    return header is not None and hmac.compare_digest(sign(secret, body), header.strip())
+def sign(secret: str | bytes, msg_id: str, timestamp: str | int, body: bytes) -> str:
+    """The ``X-Dsanet-Signature`` value: ``sha256=<hex HMAC-SHA256 of msg_id.timestamp.body>``."""
+    return "sha256=" + _mac(secret, msg_id, timestamp, body).hex()
+
+
+def sign_standard(secret: str | bytes, msg_id: str, timestamp: str | int, body: bytes) -> str:
+    """The ``webhook-signature`` value (Standard Webhooks): ``v1,<base64 of the same HMAC>``."""
+    return "v1," + base64.b64encode(_mac(secret, msg_id, timestamp, body)).decode("ascii")
+
+
+def verify(secret: str | bytes, msg_id: str | None, timestamp: str | None, body: bytes,
+           header: str | None) -> bool:
+    """Receiver-side check of either signature header (constant-time). ``header`` may be the
+    ``X-Dsanet-Signature`` value or a space-separated ``webhook-signature`` list (``v1,...``)."""
+    if header is None or msg_id is None or timestamp is None:
+        return False
+    hex_sig = sign(secret, msg_id, timestamp, body)
+    std_sig = sign_standard(secret, msg_id, timestamp, body)
+    return any(hmac.compare_digest(hex_sig, h) or hmac.compare_digest(std_sig, h) for h in header.split())
 
 
 def _secret(v: Any) -> str | None:
@@ -61,6 +95,8 @@ def classify(status: int) -> Result:
         return Result.DELIVERED
     if status in RETRY_STATUSES or status >= 500:
         return Result.RETRY
+    if status in AUTH_STATUSES:
+        return Result.AUTH_FAILED
     return Result.DEAD
 
 
@@ -101,14 +137,17 @@ class WebhookSink(Sink):
             "X-Dsanet-Event-Id": str(payload.get("id", "")),
             "X-Dsanet-Event-Seq": str(payload.get("seq", "")),
             "X-Dsanet-Event-Type": str(payload.get("type", "")),
-            TIMESTAMP_HEADER: str(int(time.time())),
         }
+        msg_id, ts = message_id(payload), str(int(time.time()))
+        h[WEBHOOK_ID] = msg_id
+        h[WEBHOOK_TIMESTAMP] = h[TIMESTAMP_HEADER] = ts
         if self._basic:
             h["Authorization"] = self._basic
         if self._bearer:
             h["Authorization"] = f"Bearer {self._bearer}"
         if self._hmac:
-            h[SIGNATURE_HEADER] = sign(self._hmac, body)
+            h[SIGNATURE_HEADER] = sign(self._hmac, msg_id, ts, body)
+            h[WEBHOOK_SIGNATURE] = sign_standard(self._hmac, msg_id, ts, body)
         h.update(self._extra)
         return h
 
@@ -135,4 +174,7 @@ class WebhookSink(Sink):
         result = classify(status)
         if result is Result.DELIVERED:
             return result, None
+        if result is Result.AUTH_FAILED:
+            return result, (f"HTTP {status}: the receiver refuses our credentials (check bearer_token, "
+                            "hmac_secret or the URL's user); retrying, nothing is dropped")
         return result, f"HTTP {status}"
