@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from stream.types import CameraSnapshot, ScoreRecord
 
 if TYPE_CHECKING:
+    from engine.categories import CategoryEdit, CategorySet
     from stream.config import CameraConfig
 
 
@@ -43,6 +44,10 @@ class ServiceControl(Protocol):
 
     def set_thresholds(self, name: str, on_threshold: float | None, off_threshold: float | None) -> None:
         """Change a camera's on/off thresholds; ``ValueError`` if off > on."""
+
+    def set_categories(self, edit: CategoryEdit) -> CategorySet:
+        """Apply a category edit (against the bundle's own list) without restarting cameras;
+        ``CategoryError`` naming the problem leaves the running list unchanged."""
 
     def add_listener(self, listener: Listener) -> Callable[[], None]:
         """Register a non-blocking listener; returns a function that removes it."""

@@ -12,8 +12,10 @@ changes the API makes (applied, then written back into the file when it is writa
 * anything else about it changed (URL, transport, window, other event timings): removed and added again;
 * every other camera is not touched, so it keeps streaming.
 
-Sections that only a restart can apply (model, sinks, http, evidence, spool, ingest, logging, global
-window) are reported in ``restart_needed`` and left as they run.
+A change of ``model.categories`` alone is applied live (``set_categories``: the head scores its next
+batch against the new class list, no camera restarts). Sections that only a restart can apply (the rest of
+model, sinks, http, evidence, spool, ingest, logging, global window) are reported in ``restart_needed``
+and left as they run.
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.categories import CategoryEdit
 from engine.errors import DsanetError
 from stream.config import (
     CameraConfig,
+    CategoriesConfig,
     ConfigError,
     DeploymentConfig,
     EventsOverride,
@@ -56,10 +60,13 @@ class ReloadPlan:
     disable: tuple[str, ...] = ()
     thresholds: tuple[tuple[str, float, float], ...] = ()
     restart_needed: tuple[str, ...] = ()
+    categories_changed: bool = False  # model.categories differs, nothing else in the model section
+    categories: CategoriesConfig | None = None  # the new model.categories (None: the bundle's own list)
 
     @property
     def empty(self) -> bool:
-        return not (self.remove or self.add or self.restart or self.enable or self.disable or self.thresholds)
+        return not (self.remove or self.add or self.restart or self.enable or self.disable or self.thresholds
+                    or self.categories_changed)
 
     def lines(self) -> list[str]:
         out = [f"remove camera {n!r}" for n in self.remove]
@@ -100,7 +107,15 @@ def plan_reload(old: DeploymentConfig, new: DeploymentConfig) -> ReloadPlan:
         if (oe.on_threshold, oe.off_threshold) != (ne.on_threshold, ne.off_threshold):
             thresholds.append((name, ne.on_threshold, ne.off_threshold))
     sections = tuple(s for s in RESTART_SECTIONS if getattr(old, s) != getattr(new, s))
-    return ReloadPlan(remove, add, tuple(restart), tuple(enable), tuple(disable), tuple(thresholds), sections)
+    # a change of model.categories alone is applied live (Service.set_categories), not by a restart
+    categories_changed = old.model.categories != new.model.categories
+    if categories_changed and "model" in sections and (old.model.model_copy(update={"categories": None})
+                                                       == new.model.model_copy(update={"categories": None})):
+        sections = tuple(s for s in sections if s != "model")
+    else:
+        categories_changed = False
+    return ReloadPlan(remove, add, tuple(restart), tuple(enable), tuple(disable), tuple(thresholds), sections,
+                      categories_changed, new.model.categories)
 
 
 @dataclass
@@ -143,6 +158,14 @@ def apply_plan(plan: ReloadPlan, control: ServiceControl) -> ReloadReport:
     for n, on, off in plan.thresholds:
         step(f"camera {n!r}: on_threshold {on:g}, off_threshold {off:g}",
              functools.partial(control.set_thresholds, n, on, off))
+    if plan.categories_changed:
+        edit = plan.categories.to_edit() if plan.categories is not None else CategoryEdit()
+
+        try:
+            cats = control.set_categories(edit)
+            rep.applied.append("model.categories: " + ", ".join(cats.names))
+        except DsanetError as exc:
+            rep.errors.append(f"model.categories: {redact(str(exc))}")
     return rep
 
 

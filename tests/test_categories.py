@@ -418,11 +418,27 @@ def test_config_categories_apply_when_the_models_load(tiny_bundle_dir: Path) -> 
     assert p.shape == (2, 8, 14) and renamed.category(p[0, 0])[0] in renamed.current_classes()[1]
 
 
-def test_a_reload_that_changes_categories_says_a_restart_is_needed() -> None:
-    """Until the reload path calls Service.set_categories, SIGHUP reports the change instead of ignoring it."""
-    from stream.reload import plan_reload
+def test_a_reload_applies_a_categories_change_live_and_only_that() -> None:
+    """SIGHUP / `dsanet reload` / POST /api/v1/reload: a change of model.categories alone calls
+    set_categories (no restart); the same change beside another model change still needs a restart."""
+    from stream.reload import apply_plan, plan_reload
+    from tests.fixtures.control_fake import FakeControl
 
     old = parse_config(_config("    rename: {Abuse: Mistreatment}"))
     new = parse_config(_config(ISSUE_EXAMPLE))
     plan = plan_reload(old, new)
-    assert plan.empty and "model" in plan.restart_needed
+    assert plan.categories_changed and not plan.empty and "model" not in plan.restart_needed
+    control = FakeControl([])
+    rep = apply_plan(plan, control)
+    assert not rep.errors and rep.applied == ["model.categories: Normal, Person falling"]
+    (call,) = control.calls
+    assert call[0] == "categories" and call[1].add == (FALL,) and call[1].drop == ("Arrest",)
+    # removing the section goes back to the bundle's own list (an empty edit)
+    back = plan_reload(new, parse_config(_config("    rename: {}").replace("  categories:\n    rename: {}\n", "")))
+    assert back.categories_changed and back.categories is None
+    apply_plan(back, control)
+    assert control.calls[-1][1].empty
+    # another model change beside it: a restart, and set_categories is not called
+    other = parse_config(_config(ISSUE_EXAMPLE).replace("model:\n", "model:\n  runtime: onnxruntime\n"))
+    both = plan_reload(old, other)
+    assert not both.categories_changed and "model" in both.restart_needed
