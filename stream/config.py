@@ -62,6 +62,11 @@ class IngestConfig(_Model):
     backoff_max: float = Field(30.0, gt=0, description="Upper bound of the reconnect delay in seconds.")
     backoff_reset_after: float = Field(60.0, gt=0, description="Seconds of healthy streaming after which the delay resets.")
     jitter: float = Field(0.2, ge=0, le=1, description="Random +/- fraction applied to each reconnect delay.")
+    hwaccel: Literal["none", "auto", "cuda", "vaapi", "qsv", "videotoolbox", "d3d11va"] = Field("none", description=(
+        "Video decode device: 'none' decodes in software; a named FFmpeg device type must work here (probed "
+        "at start, else the service refuses to start); 'auto' takes the first that works, else software."))
+    hwaccel_device: str | None = Field(None, description=(
+        "Device for ingest.hwaccel, e.g. '/dev/dri/renderD128' (VAAPI) or '1' (CUDA GPU index); default device if unset."))
 
     @model_validator(mode="after")
     def _bounds(self) -> IngestConfig:

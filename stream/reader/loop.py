@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import DsanetError
+from stream.reader import hwaccel
 from stream.reader.backoff import Backoff
 from stream.reader.clocks import LiveClock, MediaClock
 from stream.reader.frames import FrameConsumer, LazyFrame
@@ -39,6 +40,7 @@ class CameraReader:
         self._pts_deltas: deque[float] = deque(maxlen=32)
         self._lost_suspects: list[float] = []  # long intervals not judged yet: loss or a new frame rate
         self._suspect_errors = 0  # decode errors counted when the first suspect arrived
+        self._hw_fallback_logged = False  # ingest.hwaccel chosen but this stream decodes in software
         self.kind = source_kind(settings.url)
         if settings.transport not in ("tcp", "udp"):
             raise SourceError(f"camera {settings.name!r}: transport must be tcp or udp, not {settings.transport!r}")
@@ -191,7 +193,8 @@ class CameraReader:
             options["fflags"] = "nobuffer"
         target = file_path(s.url) if self.kind == "file" else s.url
         log.debug("camera %s: opening %s", self.name, self.safe_url)
-        return av.open(target, mode="r", options=options, timeout=(s.open_timeout, s.read_timeout))
+        return av.open(target, mode="r", options=options, timeout=(s.open_timeout, s.read_timeout),
+                       **hwaccel.open_options(s.hwaccel, s.hwaccel_device))
 
     def _session(self) -> bool:
         """One connection: open, stream until it ends or fails. True if at least one frame was decoded."""
@@ -204,6 +207,10 @@ class CameraReader:
             if not container.streams.video:
                 raise SourceError(f"camera {self.name!r}: {self.safe_url} has no video stream")
             stream = container.streams.video[0]
+            if self.settings.hwaccel is not None and not hwaccel.is_hw(stream) and not self._hw_fallback_logged:
+                self._hw_fallback_logged = True
+                log.warning("camera %s: %s cannot decode this %s stream; decoding it in software", self.name,
+                            self.settings.hwaccel, stream.codec_context.name)
             self._stream, self._seg_key, self._pts_offset = stream, None, None
             self._pending_packets = []
             self._last_pts, self._pts_deltas, self._lost_suspects = None, deque(maxlen=32), []

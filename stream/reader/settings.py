@@ -7,6 +7,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from stream.reader import hwaccel
 from stream.reader.backoff import BackoffPolicy
 from stream.reader.state import CameraState
 
@@ -31,6 +32,8 @@ class ReaderSettings:
     max_consecutive_decode_errors: int = 100
     max_clock_drift: float = 5.0
     low_latency: bool = True  # RTSP: no input buffering in FFmpeg while probing
+    hwaccel: str | None = None  # FFmpeg device type to decode on (None: software); see stream.reader.hwaccel
+    hwaccel_device: str | None = None
 
 
 @dataclass
@@ -53,4 +56,5 @@ def make_reader_settings(camera: CameraConfig, ingest: IngestConfig) -> ReaderSe
         backoff=BackoffPolicy(initial=ingest.backoff_initial, maximum=ingest.backoff_max,
                               reset_after=ingest.backoff_reset_after, jitter=ingest.jitter),
         loop=camera.loop, realtime=camera.realtime,
+        hwaccel=hwaccel.resolve(ingest.hwaccel, ingest.hwaccel_device), hwaccel_device=ingest.hwaccel_device,
     )
