@@ -1,0 +1,412 @@
+"""Cameras per machine, measured by running: N looping real-time cameras, N raised until the service falls behind.
+
+Why: a projection from per-call costs (what BENCHMARKS.md had) misses what only a running service shows:
+queueing, batching, thread contention, the Python around the models. This starts the real service
+(``stream.service.Service``, in-process) with a ViT-B/16-shaped bundle (random weights: cost does not
+depend on the values; ``bench/common.py`` builds it once) on N looping real-time file cameras, 640x360
+25 fps, camera-like generated clips (``bench/scenes.py``: ``busy`` street or ``still`` night scene), and
+after a warm-up measures an interval. N is **sustained** when, over that interval, the lag (seconds from
+a snippet's end to its score, sampled twice a second on every camera) has p95 <= one snippet
+(0.533 s), nothing was dropped (``dsanet_dropped_total``), and at least 90% of the snippets due were
+scored. The search doubles N from ``--start`` until a run fails, then bisects (``--quick``: shorter
+intervals and one bisection step; the full run bisects to the exact count).
+
+Beside each count: CPU seconds per camera-second split into **decode** (the same clip decoded alone,
+as the reader decodes, for the frames the service decoded), **encoder** and **head** (CPU time of the
+service's ``encoder-worker`` / ``head-worker`` threads, ``pthread_getcpuclockid``; ORT runs its calls in
+those threads when ``model.threads`` is 1, the default here) and **rest** (process CPU minus those:
+readers' Python, RGB conversion and resize, window bookkeeping, events, metrics). And the **physical
+limit**: the encoder's FLOPs per image (counted from the ViT-B/16 shape) against this CPU's measured
+fp32 GEMM throughput (numpy matmul, measured in the run, per CPU second and on the wall clock).
+
+"After" runs: ``--set KEY=VALUE`` (dotted config path, YAML value, repeatable) sets any deployment config
+key, e.g. ``--set scoring.adaptive_stride=4 --set still_gate.enabled=true``; ``--camera-set`` sets it in
+every camera entry (per-camera override). A key this checkout's config does not know is reported as
+``n/a`` (the counts are then not run) instead of failing.
+
+The machine this runs on is usually shared: the header prints the load, and each run prints the CPU
+share the service got (process CPU / wall); counts measured on a loaded machine are lower bounds.
+
+    .venv/bin/python bench/capacity.py --quick                 # a few minutes once bundles are cached
+    .venv/bin/python bench/capacity.py                         # full search, 60 s intervals
+    .venv/bin/python bench/capacity.py --quick --set still_gate.enabled=true --set scoring.adaptive_stride=4
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    cache_dir,
+    cpu_seconds,
+    print_header,
+    quiet_logs,
+    result_line,
+    table,
+    vitb16_bundle,
+)
+from scenes import clip_name, make_camera_clip  # noqa: E402
+
+FPS = 25
+W, H = 640, 360
+SNIPPET_SECONDS = 16 / 30.0
+SNIPPETS_PER_S = 30.0 / 16.0
+VITB16 = dict(width=768, layers=12, mlp=3072, image=224, patch=16, proj=512)
+
+
+# --- configuration ------------------------------------------------------------------------------------
+def parse_sets(items: list[str]) -> list[tuple[list[str], Any]]:
+    import yaml
+
+    out = []
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"--set/--camera-set: expected KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        out.append((k.strip().split("."), yaml.safe_load(v)))
+    return out
+
+
+def _put(d: dict[str, Any], path: list[str], value: Any) -> None:
+    for k in path[:-1]:
+        d = d.setdefault(k, {})
+    d[path[-1]] = value
+
+
+def build_config(bundle: Path, clips: list[Path], workdir: Path, threads: int | None,
+                 sets: list[tuple[list[str], Any]], camera_sets: list[tuple[list[str], Any]]) -> Any:
+    """A validated DeploymentConfig, or a string saying which override this checkout does not support."""
+    from pydantic import ValidationError
+
+    from stream.config import DeploymentConfig
+
+    data: dict[str, Any] = {
+        "cameras": [{"name": f"cam{i:02d}", "url": c.resolve().as_uri(), "loop": True, "realtime": True}
+                    for i, c in enumerate(clips)],
+        "model": {"bundle": str(bundle), "runtime": "onnxruntime", "device": "cpu", "threads": threads},
+        "window": {"length": 64, "lookahead": 2},
+        "sinks": [{"type": "jsonl", "path": str(workdir / "events.jsonl")}],
+        "spool": {"directory": str(workdir / "spool")},
+        "evidence": {"enabled": False, "directory": str(workdir / "evidence")},
+        "metrics": {"enabled": False, "port": 0},
+        "logging": {"level": "WARNING"},
+    }
+    for path, value in sets:
+        _put(data, path, value)
+    for cam in data["cameras"]:
+        for path, value in camera_sets:
+            _put(cam, path, value)
+    try:
+        return DeploymentConfig.model_validate(data)
+    except ValidationError as exc:
+        bad = [".".join(str(p) for p in e["loc"]) for e in exc.errors() if e["type"] == "extra_forbidden"]
+        if bad:
+            return f"unsupported config key(s) on this checkout: {', '.join(sorted(set(bad)))}"
+        raise SystemExit(f"--set/--camera-set: invalid config: {exc}") from None
+
+
+def supported(sets: list[tuple[list[str], Any]], camera_sets: list[tuple[list[str], Any]]) -> str | None:
+    """None when the overrides validate; else why not (for the n/a report)."""
+    probe = cache_dir("capacity-clips") / "probe.mp4"
+    probe.touch()
+    cfg = build_config(Path("bundle"), [probe], cache_dir("capacity-run"), 1, sets, camera_sets)
+    return cfg if isinstance(cfg, str) else None
+
+
+# --- measurement --------------------------------------------------------------------------------------
+def thread_cpu(names: tuple[str, ...]) -> dict[str, float]:
+    """CPU seconds so far of the live Python threads with these names (summed per name)."""
+    out = dict.fromkeys(names, 0.0)
+    for t in threading.enumerate():
+        if t.name in out and t.ident is not None:
+            try:
+                out[t.name] += time.clock_gettime(time.pthread_getcpuclockid(t.ident))
+            except (OSError, AttributeError):
+                pass
+    return out
+
+
+def dropped_total(svc: Any) -> float:
+    total = 0.0
+    for metric in svc.metrics.dropped_c.collect():
+        for s in metric.samples:
+            if s.name.endswith("_total"):
+                total += s.value
+    return total
+
+
+def reused_total(svc: Any) -> float:
+    """Embeddings reused instead of encoded (duplicate frames, and still gating where the service has it)."""
+    total = 0.0
+    found = False
+    for attr in ("embeddings_reused", "embeddings_reused_c"):
+        m = getattr(svc.metrics, attr, None)
+        if m is not None:
+            for metric in m.collect():
+                for s in metric.samples:
+                    if s.name.endswith("_total"):
+                        total += s.value
+                        found = True
+    return total if found else float(svc.encoder.reused)
+
+
+def run_once(bundle: Path, clips: list[Path], seconds: float, warmup: float, threads: int | None,
+             sets: list[tuple[list[str], Any]], camera_sets: list[tuple[list[str], Any]]) -> dict[str, Any]:
+    from stream.service import Service
+
+    work = cache_dir("capacity-run")
+    cfg = build_config(bundle, clips, work, threads, sets, camera_sets)
+    assert not isinstance(cfg, str), cfg
+    svc = Service(cfg, out=io.StringIO(), status_interval=0)
+    svc.start()
+    names = ("encoder-worker", "head-worker")
+    try:
+        time.sleep(warmup)
+        frames0 = sum(c.reader.stats.frames for c in svc.cameras.values())
+        scored0 = sum(c.status.scored for c in svc.cameras.values())
+        drop0, reuse0 = dropped_total(svc), reused_total(svc)
+        th0, cpu0, t0 = thread_cpu(names), cpu_seconds(), time.monotonic()
+        inf0 = _inference_sums(svc)
+        lags: list[float] = []
+        while time.monotonic() - t0 < seconds:
+            time.sleep(0.5)
+            lags += [c.status.lag for c in svc.cameras.values() if c.status.lag is not None]
+        wall = time.monotonic() - t0
+        cpu = cpu_seconds() - cpu0
+        th = {k: v - th0[k] for k, v in thread_cpu(names).items()}
+        inf = {k: v - inf0.get(k, 0.0) for k, v in _inference_sums(svc).items()}
+        frames = sum(c.reader.stats.frames for c in svc.cameras.values()) - frames0
+        scored = sum(c.status.scored for c in svc.cameras.values()) - scored0
+        dropped = dropped_total(svc) - drop0
+        reused = reused_total(svc) - reuse0
+    finally:
+        svc.request_stop("benchmark done")
+        svc.shutdown()
+    n = len(clips)
+    due = n * wall * SNIPPETS_PER_S
+    p95 = float(np.percentile(lags, 95)) if lags else float("inf")
+    ok = bool(lags) and p95 <= SNIPPET_SECONDS and dropped == 0 and scored >= 0.9 * due
+    return {"n": n, "wall": wall, "cpu": cpu, "enc_cpu": th["encoder-worker"], "head_cpu": th["head-worker"],
+            "frames": frames, "scored": scored, "due": due, "dropped": dropped, "reused": reused,
+            "lag_p50": float(np.percentile(lags, 50)) if lags else float("nan"), "lag_p95": p95, "ok": ok,
+            "inf_encoder": inf.get("encoder", float("nan")), "inf_head": inf.get("head", float("nan"))}
+
+
+def _inference_sums(svc: Any) -> dict[str, float]:
+    """Wall seconds inside model calls so far, per model (the service's dsanet_inference_seconds)."""
+    out: dict[str, float] = {}
+    for metric in svc.metrics.inference.collect():
+        for s in metric.samples:
+            if s.name.endswith("_sum"):
+                out[s.labels.get("model", "?")] = out.get(s.labels.get("model", "?"), 0.0) + s.value
+    return out
+
+
+def decode_cpu_per_second(clip: Path, frames: int) -> float:
+    """CPU seconds per second of video decoding ``frames`` frames of ``clip`` as the reader does."""
+    import av
+
+    done = 0
+    t0 = time.process_time()
+    while done < frames:
+        with av.open(str(clip)) as c:
+            for packet in c.demux(c.streams.video[0]):
+                done += len(packet.decode())
+                if done >= frames:
+                    break
+    return (time.process_time() - t0) / (done / FPS)
+
+
+def search(label: str, bundle: Path, clips_of: Any, seconds: float, warmup: float, threads: int | None,
+           start: int, max_n: int, bisect_steps: int, sets: Any, camera_sets: Any, say: Any = print) -> tuple[int, list[dict]]:
+    """Largest sustained N (0 if even ``start`` fails; doubling then bisection). Returns (N, every run)."""
+    runs: list[dict] = []
+
+    def trial(n: int) -> bool:
+        r = run_once(bundle, clips_of(n), seconds, warmup, threads, sets, camera_sets)
+        r["label"] = label
+        runs.append(r)
+        say(f"  {label}: N={n:3d} lag p50 {r['lag_p50']:.2f} s p95 {r['lag_p95']:.2f} s, dropped {r['dropped']:.0f}, "
+            f"scored {r['scored']}/{r['due']:.0f} due, CPU share {r['cpu'] / r['wall']:.2f} cores, load "
+            f"{os.getloadavg()[0]:.1f} -> {'OK' if r['ok'] else 'behind'}")
+        return r["ok"]
+
+    good, bad = 0, None
+    n = start
+    while n <= max_n:
+        if trial(n):
+            good = n
+            n *= 2
+        else:
+            bad = n
+            break
+    if bad is None:
+        return good, runs
+    steps = 0
+    while bad - good > 1 and steps < bisect_steps:
+        mid = (good + bad) // 2
+        if mid == good:
+            break
+        if trial(mid):
+            good = mid
+        else:
+            bad = mid
+        steps += 1
+    return good, runs
+
+
+# --- physical limit -----------------------------------------------------------------------------------
+def vit_flops(width: int, layers: int, mlp: int, image: int, patch: int, proj: int) -> float:
+    """Multiply-adds x 2 of one image through a ViT image tower (GEMMs and attention products)."""
+    tokens = (image // patch) ** 2 + 1
+    macs = (image // patch) ** 2 * 3 * patch * patch * width  # patch embedding
+    per_layer = tokens * width * 3 * width + 2 * tokens * tokens * width + tokens * width * width + \
+        2 * tokens * width * mlp
+    macs += layers * per_layer + width * proj
+    return 2.0 * macs
+
+
+def gemm_throughput(seconds: float = 1.5, n: int = 768, k: int = 3072) -> tuple[float, float]:
+    """(GFLOP/s per CPU second, GFLOP/s on the wall clock) of float32 matmul [197*8, k] x [k, n], numpy."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((197 * 8, k), dtype=np.float32)
+    b = rng.standard_normal((k, n), dtype=np.float32)
+    a @ b
+    flops = 2.0 * a.shape[0] * k * n
+    calls = 0
+    c0, w0 = time.process_time(), time.monotonic()
+    while time.monotonic() - w0 < seconds or calls < 3:
+        a @ b
+        calls += 1
+    cpu, wall = time.process_time() - c0, time.monotonic() - w0
+    return calls * flops / cpu / 1e9, calls * flops / wall / 1e9
+
+
+# --- main ---------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="20 s intervals after 10 s warm-up, one bisection step")
+    ap.add_argument("--seconds", type=float, default=None, help="measured seconds per run (default 60; quick 20)")
+    ap.add_argument("--warmup", type=float, default=None, help="seconds before measuring (default 20; quick 10)")
+    ap.add_argument("--cases", default="busy:fp32,busy:int8,still:int8",
+                    help="comma list of scene:precision (scene busy|still, precision fp32|int8)")
+    ap.add_argument("--start", type=int, default=1, help="first N tried (default 1)")
+    ap.add_argument("--max", type=int, default=64, help="largest N tried (default 64)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="model.threads (default 1: each model in its worker thread, the CPU split is exact)")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="deployment config override, dotted path, YAML value (repeatable)")
+    ap.add_argument("--camera-set", dest="camera_sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="per-camera config override applied to every camera (repeatable)")
+    args = ap.parse_args(argv)
+    quiet_logs()
+    m = print_header("Cameras per machine, measured by running (ViT-B/16-shaped bundle, 640x360 25 fps)")
+    cores = m["cores"]
+    seconds = args.seconds or (20.0 if args.quick else 60.0)
+    warmup = args.warmup if args.warmup is not None else (10.0 if args.quick else 20.0)
+    bisect_steps = 1 if args.quick else 8
+    sets, camera_sets = parse_sets(args.sets), parse_sets(args.camera_sets)
+    overrides = " ".join(args.sets + [f"cameras[*].{s}" for s in args.camera_sets]) or "none"
+    print(f"overrides: {overrides}; model.threads {args.threads}; measured {seconds:g} s after {warmup:g} s warm-up; "
+          f"sustained = lag p95 <= {SNIPPET_SECONDS:.3f} s, 0 dropped, >= 90% of snippets scored\n")
+
+    enc_flops = vit_flops(**VITB16)
+    g_cpu, g_wall = gemm_throughput()
+    limit_cpu = cores * g_cpu * 1e9 / (enc_flops * SNIPPETS_PER_S)
+    print(f"physical limit: ViT-B/16 encoder {enc_flops / 1e9:.1f} GFLOP per image x {SNIPPETS_PER_S:.3f} "
+          f"images per camera-second = {enc_flops * SNIPPETS_PER_S / 1e9:.1f} GFLOP/s per camera; numpy fp32 GEMM "
+          f"{g_cpu:.0f} GFLOP/s per CPU second ({g_wall:.0f} on the wall clock now, load {os.getloadavg()[0]:.1f}) "
+          f"-> at most {limit_cpu:.1f} cameras on {cores} idle cores at fp32 GEMM peak (INT8 VNNI GEMM peak is "
+          f"up to 4x that)\n")
+    out: dict[str, Any] = {}
+    why = supported(sets, camera_sets)
+    if why is not None:
+        print(f"n/a: {why}")
+        cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+        for c in cases:
+            out[c.replace(":", "_")] = "n/a"
+        out.update({"head_to_encoder": "n/a", "overrides": overrides.replace(" ", ","), "load_1m": m["load_1m"]})
+        print()
+        print(result_line(**out))
+        return 0
+
+    clip_seconds = {"busy": 10.0, "still": 20.0}
+    folder = cache_dir("capacity-clips")
+
+    def clips_for(scene: str) -> Any:
+        paths = [make_camera_clip(folder / clip_name(W, H, FPS, clip_seconds[scene], "h264", scene, s), W, H, FPS,
+                                  clip_seconds[scene], "h264", scene, s) for s in (1, 2)]
+        return lambda n: [paths[i % len(paths)] for i in range(n)]
+
+    rows, split_rows = [], []
+    counts: dict[str, int] = {}
+    split_best: dict[str, dict[str, float]] = {}
+    for case in [c.strip() for c in args.cases.split(",") if c.strip()]:
+        scene, _, prec = case.partition(":")
+        if scene not in clip_seconds or prec not in ("fp32", "int8"):
+            ap.error(f"--cases: {case!r} is not scene:precision with scene busy|still and precision fp32|int8")
+        bundle = vitb16_bundle(encoder_int8=prec == "int8")
+        clips_of = clips_for(scene)
+        print(f"## {scene} scene, {prec}")
+        n, runs = search(case, bundle, clips_of, seconds, warmup, args.threads, args.start, args.max, bisect_steps,
+                         sets, camera_sets)
+        counts[case] = n
+        # CPU split from the largest run that kept up (else the first run)
+        r = max((x for x in runs if x["ok"]), key=lambda x: x["n"], default=runs[0])
+        # per camera-second *at real time*: model parts per snippet scored (x 1.875), decode and the rest
+        # per second of video decoded, so a run that fell behind still gives the cost of keeping up
+        video_s = max(r["frames"], 1) / FPS
+        snip_s = r["scored"] / SNIPPETS_PER_S if r["scored"] else float("nan")
+        dec = decode_cpu_per_second(clips_of(1)[0], int(r["frames"] / max(r["n"], 1)) or FPS)
+        enc, head = r["enc_cpu"] / snip_s, r["head_cpu"] / snip_s
+        rest = (r["cpu"] - r["enc_cpu"] - r["head_cpu"]) / video_s - dec
+        total = dec + enc + head + rest
+        split_best[case] = {"decode": dec, "encoder": enc, "head": head, "rest": rest, "total": total}
+        rows.append([scene, prec, n, r["n"], r["lag_p95"], r["dropped"], f"{r['scored']}/{r['due']:.0f}",
+                     r["cpu"] / r["wall"], r["reused"]])
+        split_rows.append([scene, prec, r["n"], dec, enc, head, rest, total, head / enc if enc > 0 else float("nan"),
+                           cores / total if total > 0 else float("nan")])
+        print()
+    print("## Sustained cameras (measured)\n")
+    print(table(["scene", "precision", "sustained N", "split from N", "lag p95 s", "dropped", "scored/due",
+                 "CPU share (cores)", "embeddings reused"], rows, digits=3))
+    print("\n## CPU seconds per camera-second\n")
+    print(table(["scene", "precision", "at N", "decode", "encoder", "head", "rest", "total", "head/encoder",
+                 "cores / total"], split_rows, digits=4))
+    print("\nPer camera-second at real time: encoder and head CPU per snippet scored x 1.875 snippets/s; decode from "
+          "the clip decoded alone; rest = the process's other CPU per second of video decoded. 'cores / total' is "
+          "the count an idle machine could hold if CPU alone bounded it (no lag margin).")
+    for case, n in counts.items():
+        out[case.replace(":", "_")] = n
+    h2e = [s["head"] / s["encoder"] for s in split_best.values() if s["encoder"] > 0]
+    out["head_to_encoder"] = max(h2e) if h2e else float("nan")
+    for case, s in split_best.items():
+        k = case.replace(":", "_")
+        out[f"{k}_cpu_per_cam_s"] = s["total"]
+        out[f"{k}_enc_per_cam_s"] = s["encoder"]
+        out[f"{k}_cpu_bound_cams"] = cores / s["total"] if s["total"] > 0 else float("nan")
+    out["decode_per_cam_s"] = max(s["decode"] for s in split_best.values()) if split_best else float("nan")
+    out["limit_fp32_gemm_cams"] = limit_cpu
+    out["gemm_gflops_per_cpu_s"] = g_cpu
+    out["encoder_gflop"] = enc_flops / 1e9
+    out["overrides"] = overrides.replace(" ", ",")
+    out["load_1m"] = m["load_1m"]
+    out["load_end"] = round(os.getloadavg()[0], 2)
+    print()
+    print(result_line(**{k: (math.nan if v is None else v) for k, v in out.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
