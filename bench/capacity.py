@@ -324,7 +324,11 @@ def main(argv: list[str] | None = None) -> int:
     enc_flops = vit_flops(**VITB16)
     g_cpu, g_wall = gemm_throughput()
     limit_cpu = cores * g_cpu * 1e9 / (enc_flops * SNIPPETS_PER_S)
-    print(f"physical limit: ViT-B/16 encoder {enc_flops / 1e9:.1f} GFLOP per image x {SNIPPETS_PER_S:.3f} "
+    print(table(["encoder", "GFLOP/image", "GFLOP/s per camera", "fp32 GEMM GFLOP/s per CPU s", "GEMM GFLOP/s wall now",
+                 "cameras at fp32 GEMM peak", "cameras at 4x (INT8 VNNI peak)"],
+                [["ViT-B/16", enc_flops / 1e9, enc_flops * SNIPPETS_PER_S / 1e9, g_cpu, g_wall, limit_cpu,
+                  4 * limit_cpu]], digits=2))
+    print(f"\nphysical limit: ViT-B/16 encoder {enc_flops / 1e9:.1f} GFLOP per image x {SNIPPETS_PER_S:.3f} "
           f"images per camera-second = {enc_flops * SNIPPETS_PER_S / 1e9:.1f} GFLOP/s per camera; numpy fp32 GEMM "
           f"{g_cpu:.0f} GFLOP/s per CPU second ({g_wall:.0f} on the wall clock now, load {os.getloadavg()[0]:.1f}) "
           f"-> at most {limit_cpu:.1f} cameras on {cores} idle cores at fp32 GEMM peak (INT8 VNNI GEMM peak is "

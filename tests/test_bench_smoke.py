@@ -129,3 +129,19 @@ def test_import_official_bench_reports_time_and_peak_memory(bench_cache: Path) -
     out, res = run_script("import_official.py", ["--quick"], bench_cache)
     assert res["geometry"] == "tiny" and "| encoder |" in out
     assert number(res, "fp32_import_s") > 0 and 0.1 < number(res, "fp32_peak_rss_gib") < 24
+
+
+def test_decode_bench_reports_decode_beside_the_model(bench_cache: Path) -> None:
+    out, res = run_script("decode.py", ["--resolutions", "320x180", "--codecs", "h264,h265", "--rates", "10",
+                                        "--seconds", "1", "--models", "tiny"], bench_cache)
+    assert number(res, "decode_180p_h264_10") > 0 and number(res, "decode_180p_h265_10") > 0
+    assert number(res, "model_tiny") > 0
+    assert "cases where decode >= model" in out
+
+
+def test_capacity_reports_na_for_config_keys_this_checkout_lacks(bench_cache: Path) -> None:
+    out, res = run_script("capacity.py", ["--quick", "--set", "no_such_section.enabled=true",
+                                          "--camera-set", "no_such_key=1"], bench_cache)
+    assert res["busy_fp32"] == res["busy_int8"] == res["still_int8"] == res["head_to_encoder"] == "n/a"
+    assert "no_such_section" in out and "cameras.0.no_such_key" in out
+    assert number(res, "encoder_gflop") > 30  # ViT-B/16 at 224 px: ~17.6 G multiply-adds
