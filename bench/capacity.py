@@ -369,7 +369,9 @@ def main(argv: list[str] | None = None) -> int:
         cases = [c.strip() for c in args.cases.split(",") if c.strip()]
         for c in cases:
             out[c.replace(":", "_")] = "n/a"
-        out.update({"head_to_encoder": "n/a", "overrides": overrides.replace(" ", ","), "load_1m": m["load_1m"]})
+        out.update({"head_to_encoder": "n/a", "limit_fp32_gemm_cams": limit_cpu, "gemm_gflops_per_cpu_s": g_cpu,
+                    "encoder_gflop": enc_flops / 1e9, "overrides": overrides.replace(" ", ","),
+                    "load_1m": m["load_1m"]})
         print()
         print(result_line(**out))
         return 0
