@@ -145,3 +145,20 @@ def test_capacity_reports_na_for_config_keys_this_checkout_lacks(bench_cache: Pa
     assert res["busy_fp32"] == res["busy_int8"] == res["still_int8"] == res["head_to_encoder"] == "n/a"
     assert "no_such_section" in out and "cameras.0.no_such_key" in out
     assert number(res, "encoder_gflop") > 30  # ViT-B/16 at 224 px: ~17.6 G multiply-adds
+
+
+@pytest.mark.parametrize("sets, camera_sets, bad", [
+    (["window.lookahead=4"], [], None),
+    ([], ["window.lookahead=4"], None),
+    (["still_gate_x.enabled=true"], [], "still_gate_x"),
+    ([], ["events_x.on=1"], "cameras.0.events_x"),
+])
+def test_capacity_overrides_validate_or_name_the_unknown_key(sets, camera_sets, bad, bench_cache, monkeypatch) -> None:
+    monkeypatch.setenv("DSANET_BENCH_CACHE", str(bench_cache))
+    import capacity
+
+    why = capacity.supported(capacity.parse_sets(sets), capacity.parse_sets(camera_sets))
+    if bad is None:
+        assert why is None
+    else:
+        assert why is not None and bad in why
