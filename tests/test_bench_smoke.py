@@ -162,3 +162,27 @@ def test_capacity_overrides_validate_or_name_the_unknown_key(sets, camera_sets, 
         assert why is None
     else:
         assert why is not None and bad in why
+
+
+@pytest.mark.parametrize("limit, start, steps, want", [
+    (5, 1, 8, 5),    # doubling 1, 2, 4 ok, 8 fails, bisection finds 5
+    (5, 1, 1, 4),    # one step: 6 fails, best known stays 4
+    (0, 1, 8, 0),    # even one camera falls behind
+    (64, 1, 8, 64),  # never fails up to --max
+    (13, 4, 8, 13),
+])
+def test_capacity_search_doubles_then_bisects(limit, start, steps, want, monkeypatch) -> None:
+    import capacity
+
+    tried: list[int] = []
+
+    def fake_run(bundle, clips, *a, **k):
+        tried.append(len(clips))
+        return {"ok": len(clips) <= limit, "n": len(clips), "lag_p50": 0.1, "lag_p95": 0.2, "dropped": 0.0,
+                "scored": 1, "due": 1.0, "cpu": 1.0, "wall": 1.0}
+
+    monkeypatch.setattr(capacity, "run_once", fake_run)
+    n, runs = capacity.search("t", Path("b"), lambda k: [Path("c")] * k, 1, 1, 1, start, 64, steps, [], [],
+                              say=lambda *_: None)
+    assert n == want and len(runs) == len(tried)
+    assert all((t <= limit) == (t <= n) for t in tried)  # every N tried above the answer failed, below passed
