@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from stream.calibration import learn_thresholds
-from stream.calibrator import MIN_SAMPLES, Calibrator, CalibrationUnavailable
+from stream.calibrator import MIN_SAMPLES, CalibrationUnavailable, Calibrator
 from stream.config import CalibrationConfig, EventsConfig, load_config
 from stream.types import ScoreRecord
 
@@ -120,7 +120,7 @@ def test_config_global_and_per_camera_override(tmp_path: Path) -> None:
         load_config(p)
 
 
-def test_api_shows_and_relearns(tmp_path: Path) -> None:
+def test_api_and_cli_show_and_relearn(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from tests.test_http_api import Site
 
     site = Site(tmp_path)
@@ -149,6 +149,19 @@ def test_api_shows_and_relearns(tmp_path: Path) -> None:
         assert cam["on_threshold"] == pytest.approx(want.on) and cam["off_threshold"] == pytest.approx(want.off)
         code, body = site.call("GET", "/api/v1/cameras/lobby/calibration")
         assert code == 200 and body["calibration"]["state"] == "calibrated"
+        # the CLI over the same API
+        import argparse
+
+        from stream.commands.calibrate import run as cli
+
+        def ns(**kw):
+            return argparse.Namespace(**{"camera": "lobby", "config": None, "url": site.url, "now": False,
+                                         "show": False, **kw})
+        assert cli(ns(show=True)) == 0
+        assert f"on_threshold: {round(want.on, 6)}" in capsys.readouterr().out
+        assert cli(ns(camera="yard", now=True)) == 1 and "not enabled" in capsys.readouterr().err
+        assert cli(ns()) == 0 and cal.describe("lobby")["state"] == "collecting"
+        assert cli(ns(url=None)) == 2
     finally:
         site.close()
 
