@@ -395,12 +395,12 @@ def score_video(video: str | os.PathLike[str], models: tuple[Any, Any, Any], *, 
     class_names = tuple(bundle.class_names)
     display_names = tuple(getattr(bundle, "display_names", class_names))
     if categories is not None and not categories.empty:
-        from engine.categories import OpenHeadModel, TextEncoder, resolve, with_features
+        from engine.categories import TextEncoder, open_head_for, resolve, with_features
 
         cats = resolve(bundle, categories)
         if categories.add or categories.drop:
             cats = with_features(cats, TextEncoder(bundle))
-            head = OpenHeadModel(bundle, cats)
+            head = open_head_for(bundle, cats, head)
         class_names, display_names = cats.keys, cats.names
     machine = EventMachine(cam, settings, list(class_names), list(display_names),
                            model_info={"name": getattr(bundle, "name", None), "hash": _short_hash(bundle)})
