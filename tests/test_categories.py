@@ -480,3 +480,41 @@ def test_a_reload_applies_a_categories_change_live_and_only_that() -> None:
     other = parse_config(_config(ISSUE_EXAMPLE).replace("model:\n", "model:\n  runtime: onnxruntime\n"))
     both = plan_reload(old, other)
     assert not both.categories_changed and "model" in both.restart_needed
+
+
+# --- dsanet eval --novel-classes ------------------------------------------------------------------------
+def _gt(videos: list[tuple[list[str], list[int]]]):
+    """GroundTruth of videos given as (labels, per-snippet 0/1 truth); 16 frames a snippet."""
+    from export.gt import GroundTruth
+
+    frame_gt = np.concatenate([np.repeat(np.asarray(t, dtype=np.float64), 16) for _, t in videos])
+    return GroundTruth(frame_gt=frame_gt, segments=[[(0, 1)] * len(lab) for lab, _ in videos],
+                       labels=[lab for lab, _ in videos], lengths=[len(t) for _, t in videos])
+
+
+def test_base_novel_split_scores_each_subset_with_the_normal_videos() -> None:
+    """Novel videos scored badly, base videos well: the split shows it, each subset holding the normal
+    videos, named by class word or raw code; unknown and normal names are refused."""
+    from engine.errors import DataError
+    from export.evaluate import base_novel_split
+    from export.metrics import frame_auc_ap
+
+    videos = [(["A"], [0, 0, 0]), (["A"], [0, 0]),                  # normal
+              (["Fighting"], [0, 1, 1]), (["Arson"], [1, 1, 0]),   # base
+              (["Explosion"], [0, 1, 1, 0])]                         # novel
+    truth = [np.asarray(t, dtype=np.float64) for _, t in videos]
+    scores = [0.1 + 0.1 * np.arange(3), np.asarray([0.2, 0.1]),
+              0.2 + 0.7 * truth[2], 0.2 + 0.7 * truth[3],
+              0.6 - 0.5 * truth[4]]                                   # the novel event scores low
+    gt = _gt(videos)
+    out = base_novel_split(scores, gt, ["explosion"], "ucf")
+    assert out["novel_classes"] == ["Explosion"]
+    assert out["base"]["n_videos"] == 4 and out["base"]["n_anomalous_videos"] == 2
+    assert out["novel"]["n_videos"] == 3 and out["novel"]["n_anomalous_videos"] == 1
+    want_base = frame_auc_ap(scores[:4], np.concatenate([np.repeat(t, 16) for t in truth[:4]]))
+    assert out["base"]["auc"] == pytest.approx(want_base[0]) and out["base"]["auc"] > 0.9
+    assert out["novel"]["auc"] < 0.5
+    with pytest.raises(DataError, match="not a ucf class"):
+        base_novel_split(scores, gt, ["Loitering"], "ucf")
+    with pytest.raises(DataError, match="normal class"):
+        base_novel_split(scores, gt, ["Normal"], "ucf")

@@ -346,6 +346,20 @@ def test_eval_takes_an_official_checkpoint_and_its_bundle(ucf_checkpoint: Path, 
     rows = read_list(data / "list" / "ucf_CLIP_rgbtest.csv", data)
     with pytest.raises(CheckpointError, match="not the xd test classes"):
         score_bundle(ucf_bundle, rows, "xd")
+    # the open-vocabulary split: one test class held out as novel, base = the others, normal in both
+    novel = next(r.label for r in rows if r.label != "Normal")
+    out = tmp_path / "split.json"
+    assert main(["eval", "--checkpoint", str(ucf_bundle), "-c", "ucf", "--data-root", str(data), "--json", str(out),
+                 "--no-progress", "--novel-classes", novel]) == 0
+    assert f"novel: {novel}" in capsys.readouterr().out
+    split = json.loads(out.read_text())
+    normal = sum(r.label == "Normal" for r in rows)
+    assert split["novel"]["n_anomalous_videos"] == sum(r.label == novel for r in rows)
+    assert split["novel"]["n_videos"] - split["novel"]["n_anomalous_videos"] == normal
+    assert split["base"]["n_videos"] + split["novel"]["n_anomalous_videos"] == len(rows)
+    assert split["auc"] == onnx_fig["auc"]  # the whole-list figures are unchanged
+    assert main(["eval", "--checkpoint", str(ucf_bundle), "-c", "ucf", "--data-root", str(data),
+                 "--no-progress", "--novel-classes", "Loitering"]) == 2
 
 
 # --- categories on an imported bundle ----------------------------------------------------------------
