@@ -129,3 +129,9 @@ def test_import_official_bench_reports_time_and_peak_memory(bench_cache: Path) -
     out, res = run_script("import_official.py", ["--quick"], bench_cache)
     assert res["geometry"] == "tiny" and "| encoder |" in out
     assert number(res, "fp32_import_s") > 0 and 0.1 < number(res, "fp32_peak_rss_gib") < 24
+
+
+def test_calibration_bench_learns_thresholds_that_meet_the_target(bench_cache: Path) -> None:
+    _, res = run_script("calibration.py", ["--quick"], bench_cache)
+    assert number(res, "fa_learned") <= 2.0 < number(res, "fa_default")
+    assert number(res, "on_learned") >= 0.3
