@@ -285,3 +285,18 @@ class OpenHeadModel:
     def describe(self) -> dict[str, Any]:
         return {"runtime": "onnxruntime", "model": "head_open", "file": Path(self.spec.file).name,
                 "classes": len(self._categories)}
+
+
+def open_head_for(bundle: Bundle, categories: CategorySet, head: Any = None,
+                  threads: int | None = None) -> OpenHeadModel:
+    """The open head on the runtime ``head`` (the baked head already loaded) runs on: torch's own
+    ``DSANetOpenHead`` for the torch runtime (same device and precision); ``head_open.onnx`` on ONNX
+    Runtime CPU otherwise. TensorRT has no open head here (no TensorRT in this build's test machines to
+    check one): a TensorRT deployment scores edited categories on ONNX Runtime CPU."""
+    desc = head.describe() if head is not None and hasattr(head, "describe") else {}
+    if isinstance(desc, dict) and desc.get("runtime") == "torch":
+        from engine.runtimes.torch import TorchOpenHeadModel
+
+        return TorchOpenHeadModel(bundle, categories, device=str(desc.get("device", "cpu")),
+                                  precision=str(desc.get("precision", "fp32")), threads=threads)
+    return OpenHeadModel(bundle, categories, threads=threads)

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from engine.errors import DataError
-from export.data import check_preset, class_names
-from export.gt import GroundTruth
+from export.data import check_preset, class_names, raw_classes
+from export.gt import SEGMENT_NORMAL_LABEL, GroundTruth
 from export.metrics import IOUS, UCF_CLASSLIST, XD_CLASSLIST, detection_maps, frame_auc_ap
 
 CLASSLISTS = {"ucf": UCF_CLASSLIST, "xd": XD_CLASSLIST}
@@ -27,8 +27,9 @@ HEADLINE = {"ucf": "auc", "xd": "ap"}
 
 
 def evaluate_outputs(scores: Sequence[np.ndarray], class_probs: Sequence[np.ndarray], gt: GroundTruth,
-                     preset: str) -> dict:
-    """Frame AUC/AP and detection mAP of per-video outputs against ``gt`` (see the module docstring)."""
+                     preset: str, novel_classes: Sequence[str] | None = None) -> dict:
+    """Frame AUC/AP and detection mAP of per-video outputs against ``gt`` (see the module docstring);
+    with ``novel_classes``, also ``base`` and ``novel`` figures (:func:`base_novel_split`)."""
     check_preset(preset)
     n_cls = len(class_names(preset))
     if len(scores) != len(class_probs) or len(scores) != len(gt.segments):
@@ -60,7 +61,50 @@ def evaluate_outputs(scores: Sequence[np.ndarray], class_probs: Sequence[np.ndar
     }
     if "map_13" in maps:
         result["map_13"] = {k: maps["map_13"][k] for k in [f"{t:.1f}" for t in IOUS] + ["avg"]}
+    if novel_classes:
+        result.update(base_novel_split(scores, gt, novel_classes, preset))
     return result
+
+
+def novel_codes(names: Sequence[str], preset: str) -> set[str]:
+    """Raw label codes of ``names`` (a raw code such as ``B1`` or a class word such as ``Fighting``,
+    case-insensitive); ``DataError`` naming an unknown one or the normal class."""
+    raw, words = raw_classes(preset), class_names(preset)
+    by_name = {r.lower(): r for r in raw} | {w.lower(): r for w, r in zip(words, raw, strict=True)}
+    out = set()
+    for n in names:
+        code = by_name.get(str(n).strip().lower())
+        if code is None:
+            raise DataError(f"--novel-classes: {n!r} is not a {preset} class (classes: {', '.join(words[1:])})")
+        if code == raw[0]:
+            raise DataError(f"--novel-classes: {n!r} is the normal class; name anomaly classes only")
+        out.add(code)
+    return out
+
+
+def base_novel_split(scores: Sequence[np.ndarray], gt: GroundTruth, novel_classes: Sequence[str],
+                     preset: str) -> dict:
+    """Frame AUC/AP on base and on novel classes, as open-vocabulary VAD reports them: each subset is
+    every normal test video plus the anomalous videos whose labels include a novel class (``novel``) or
+    do not (``base``). A video with base and novel labels (XD-Violence multi-label) counts as novel."""
+    novel = novel_codes(novel_classes, preset)
+    normal_codes = {raw_classes(preset)[0], SEGMENT_NORMAL_LABEL}
+    bounds = np.cumsum([0] + [16 * int(np.asarray(s).size) for s in scores])
+    subsets: dict[str, list[int]] = {"base": [], "novel": []}
+    for i, labels in enumerate(gt.labels):
+        codes = {str(lab) for lab in labels} - normal_codes
+        if not codes:
+            subsets["base"].append(i)
+            subsets["novel"].append(i)
+        else:
+            subsets["novel" if codes & novel else "base"].append(i)
+    out: dict = {"novel_classes": sorted(novel)}
+    for name, idx in subsets.items():
+        frame_gt = np.concatenate([gt.frame_gt[bounds[i]:bounds[i + 1]] for i in idx])
+        auc, ap = frame_auc_ap([scores[i] for i in idx], frame_gt)
+        anomalous = sum(1 for i in idx if set(map(str, gt.labels[i])) - normal_codes)
+        out[name] = {"auc": auc, "ap": ap, "n_videos": len(idx), "n_anomalous_videos": anomalous}
+    return out
 
 
 def format_table(result: dict) -> str:
@@ -76,4 +120,11 @@ def format_table(result: dict) -> str:
         rows.append(("13 cls", result["map_13"]))
     for name, m in rows:
         lines.append(f"{name:>8}  " + "  ".join(f"{m[k]:6.2f}" for k in keys))
+    for name in ("base", "novel"):
+        if name in result:
+            r = result[name]
+            lines.append(f"{name:>8}: AUC {100 * r['auc']:6.2f}%  AP {100 * r['ap']:6.2f}%  "
+                         f"({r['n_anomalous_videos']} anomalous + {r['n_videos'] - r['n_anomalous_videos']} normal videos)")
+    if "novel_classes" in result:
+        lines.append(f"   novel: {', '.join(result['novel_classes'])}")
     return "\n".join(lines)

@@ -67,12 +67,14 @@ def score_videos(model: DSANet, rows: Sequence[ListRow], device: str | torch.dev
 
 
 def evaluate_model(model: DSANet, rows: Sequence[ListRow], gt: Any, preset: str, device: str | torch.device = "cpu",
-                   batch_size: int = 32, progress: bool = False) -> dict[str, Any]:
-    """Score the test list and compute AUC / AP / mAP with ``export.evaluate``."""
+                   batch_size: int = 32, progress: bool = False,
+                   novel_classes: Sequence[str] | None = None) -> dict[str, Any]:
+    """Score the test list and compute AUC / AP / mAP with ``export.evaluate`` (base/novel with
+    ``novel_classes``)."""
     from export.evaluate import evaluate_outputs
 
     scores, probs = score_videos(model, rows, device, batch_size, progress)
-    return evaluate_outputs(scores, probs, gt, preset)
+    return evaluate_outputs(scores, probs, gt, preset, novel_classes)
 
 
 @torch.no_grad()

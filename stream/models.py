@@ -110,7 +110,7 @@ class Models:
         thread picks the new list up at its next batch (one reference assignment each).
         """
         from engine.bundle import Bundle
-        from engine.categories import CategoryError, OpenHeadModel, TextEncoder, resolve, with_features
+        from engine.categories import CategoryError, TextEncoder, open_head_for, resolve, with_features
 
         if not isinstance(self.bundle, Bundle):
             raise CategoryError("categories can only be edited on models loaded from a bundle")
@@ -122,7 +122,7 @@ class Models:
             self._text = TextEncoder(self.bundle, threads=self.threads)
         cats = with_features(cats, self._text)
         if self.open_head is None:
-            head = OpenHeadModel(self.bundle, cats, threads=self.threads)
+            head = open_head_for(self.bundle, cats, self.head, threads=self.threads)
             self.head_max_batch = min(self.head_max_batch, head.max_batch)
             self.open_head = head
         else:

@@ -376,11 +376,14 @@ def resolve_window(length: int | None, lookahead: int | None, max_window: int) -
 def score_video(video: str | os.PathLike[str], models: tuple[Any, Any, Any], *, window: int | None = None,
                 lookahead: int | None = None, events: Any = None, camera: str | None = None, origin: float = 0.0,
                 encoder_batch: int = DEFAULT_BATCH, head_batch: int = DEFAULT_BATCH,
-                progress: bool = False) -> ScoreResult:
+                progress: bool = False, categories: Any = None) -> ScoreResult:
     """Score one video file with loaded models (``engine.runtime.load_models``'s ``(bundle, encoder, head)``).
 
     ``events``: an ``EventsConfig``, ``EventSettings``, mapping or None (config defaults). ``camera``
     names the source in events (default: the file's stem). ``origin``: capture time of the first frame.
+    ``categories``: an ``engine.categories.CategoryEdit`` (``model.categories``), applied as the live
+    service applies it: a rename keeps the baked head; an add or drop scores with ``head_open.onnx``
+    against the edited class features.
     """
     bundle, encoder, head = models
     path = Path(video)
@@ -391,6 +394,14 @@ def score_video(video: str | os.PathLike[str], models: tuple[Any, Any, Any], *, 
     spec = SnippetSpec.from_bundle(bundle)
     class_names = tuple(bundle.class_names)
     display_names = tuple(getattr(bundle, "display_names", class_names))
+    if categories is not None and not categories.empty:
+        from engine.categories import TextEncoder, open_head_for, resolve, with_features
+
+        cats = resolve(bundle, categories)
+        if categories.add or categories.drop:
+            cats = with_features(cats, TextEncoder(bundle))
+            head = open_head_for(bundle, cats, head)
+        class_names, display_names = cats.keys, cats.names
     machine = EventMachine(cam, settings, list(class_names), list(display_names),
                            model_info={"name": getattr(bundle, "name", None), "hash": _short_hash(bundle)})
     enc_batch = max(1, min(encoder_batch, int(getattr(encoder, "max_batch", encoder_batch))))

@@ -186,3 +186,9 @@ def test_capacity_search_doubles_then_bisects(limit, start, steps, want, monkeyp
                               say=lambda *_: None)
     assert n == want and len(runs) == len(tried)
     assert all((t <= limit) == (t <= n) for t in tried)  # every N tried above the answer failed, below passed
+
+
+def test_calibration_bench_learns_thresholds_that_meet_the_target(bench_cache: Path) -> None:
+    _, res = run_script("calibration.py", ["--quick"], bench_cache)
+    assert number(res, "fa_learned") <= 2.0 < number(res, "fa_default")
+    assert number(res, "on_learned") >= 0.3

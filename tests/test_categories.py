@@ -78,6 +78,44 @@ def test_head_open_matches_baked_head_for_the_bundles_own_classes(tiny_bundle_di
     assert worst <= 1e-5
 
 
+def test_torch_runtime_open_head_matches_the_baked_head_and_takes_new_classes(tiny_bundle_dir: Path) -> None:
+    """The torch runtime's open head (head.safetensors as DSANetOpenHead, class features as an input):
+    for the bundle's own classes it matches the baked-in head on torch and on ONNX Runtime within 1e-5;
+    Models on the torch runtime picks it for an edit, and an added class gets a column."""
+    pytest.importorskip("torch")
+    from engine.categories import open_head_for
+    from engine.runtime import load_models
+    from engine.runtimes.torch import TorchOpenHeadModel
+    from stream.config import CategoriesConfig, ModelConfig
+    from stream.models import Models
+
+    bundle, _, torch_head = load_models(tiny_bundle_dir, runtime="torch", threads=1)
+    _, _, ort_head = load_models(tiny_bundle_dir, runtime="onnxruntime", threads=1)
+    own = build(bundle, CategoryEdit())
+    open_head = open_head_for(bundle, own, torch_head, threads=1)
+    assert isinstance(open_head, TorchOpenHeadModel) and open_head.describe()["runtime"] == "torch"
+    rng = np.random.default_rng(11)
+    worst = {"torch": 0.0, "onnxruntime": 0.0}
+    for b, t in ((1, 1), (3, 20), (2, bundle.max_window)):
+        feats = rng.standard_normal((b, t, bundle.embedding_width), dtype=np.float32)
+        lengths = np.resize(np.array([t, max(1, t // 3), 1], dtype=np.int64), b)
+        s1, p1 = open_head.score(feats, lengths)
+        for name, head in (("torch", torch_head), ("onnxruntime", ort_head)):
+            s0, p0 = head.score(feats, lengths)
+            worst[name] = max(worst[name], float(np.abs(s0 - s1).max()), float(np.abs(p0 - p1).max()))
+    assert max(worst.values()) <= 1e-5, worst
+    more = build(bundle, CategoryEdit(add=(AddedCategory("Person falling", ("a person falls down",)),)))
+    open_head.set_categories(more)
+    _, p2 = open_head.score(rng.standard_normal((1, 8, bundle.embedding_width), dtype=np.float32),
+                            np.array([8]))
+    assert p2.shape == (1, 8, len(more)) and open_head.last_used is more
+    cfg = ModelConfig(bundle=str(tiny_bundle_dir), runtime="torch", threads=1,
+                      categories=CategoriesConfig.model_validate({"drop": ["Arrest"]}))
+    models = Models.load(cfg)
+    assert isinstance(models.open_head, TorchOpenHeadModel)
+    assert "Arrest" not in models.current_classes()[1]
+
+
 def test_text_parity_with_several_prompts_per_class(tiny_clip_dir: Path, tmp_path: Path) -> None:
     """The model averages a class's raw prompt features then normalises; text.onnx + that rule agree."""
     import torch
@@ -442,3 +480,41 @@ def test_a_reload_applies_a_categories_change_live_and_only_that() -> None:
     other = parse_config(_config(ISSUE_EXAMPLE).replace("model:\n", "model:\n  runtime: onnxruntime\n"))
     both = plan_reload(old, other)
     assert not both.categories_changed and "model" in both.restart_needed
+
+
+# --- dsanet eval --novel-classes ------------------------------------------------------------------------
+def _gt(videos: list[tuple[list[str], list[int]]]):
+    """GroundTruth of videos given as (labels, per-snippet 0/1 truth); 16 frames a snippet."""
+    from export.gt import GroundTruth
+
+    frame_gt = np.concatenate([np.repeat(np.asarray(t, dtype=np.float64), 16) for _, t in videos])
+    return GroundTruth(frame_gt=frame_gt, segments=[[(0, 1)] * len(lab) for lab, _ in videos],
+                       labels=[lab for lab, _ in videos], lengths=[len(t) for _, t in videos])
+
+
+def test_base_novel_split_scores_each_subset_with_the_normal_videos() -> None:
+    """Novel videos scored badly, base videos well: the split shows it, each subset holding the normal
+    videos, named by class word or raw code; unknown and normal names are refused."""
+    from engine.errors import DataError
+    from export.evaluate import base_novel_split
+    from export.metrics import frame_auc_ap
+
+    videos = [(["A"], [0, 0, 0]), (["A"], [0, 0]),                  # normal
+              (["Fighting"], [0, 1, 1]), (["Arson"], [1, 1, 0]),   # base
+              (["Explosion"], [0, 1, 1, 0])]                         # novel
+    truth = [np.asarray(t, dtype=np.float64) for _, t in videos]
+    scores = [0.1 + 0.1 * np.arange(3), np.asarray([0.2, 0.1]),
+              0.2 + 0.7 * truth[2], 0.2 + 0.7 * truth[3],
+              0.6 - 0.5 * truth[4]]                                   # the novel event scores low
+    gt = _gt(videos)
+    out = base_novel_split(scores, gt, ["explosion"], "ucf")
+    assert out["novel_classes"] == ["Explosion"]
+    assert out["base"]["n_videos"] == 4 and out["base"]["n_anomalous_videos"] == 2
+    assert out["novel"]["n_videos"] == 3 and out["novel"]["n_anomalous_videos"] == 1
+    want_base = frame_auc_ap(scores[:4], np.concatenate([np.repeat(t, 16) for t in truth[:4]]))
+    assert out["base"]["auc"] == pytest.approx(want_base[0]) and out["base"]["auc"] > 0.9
+    assert out["novel"]["auc"] < 0.5
+    with pytest.raises(DataError, match="not a ucf class"):
+        base_novel_split(scores, gt, ["Loitering"], "ucf")
+    with pytest.raises(DataError, match="normal class"):
+        base_novel_split(scores, gt, ["Normal"], "ucf")

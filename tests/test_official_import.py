@@ -346,3 +346,50 @@ def test_eval_takes_an_official_checkpoint_and_its_bundle(ucf_checkpoint: Path, 
     rows = read_list(data / "list" / "ucf_CLIP_rgbtest.csv", data)
     with pytest.raises(CheckpointError, match="not the xd test classes"):
         score_bundle(ucf_bundle, rows, "xd")
+    # the open-vocabulary split: one test class held out as novel, base = the others, normal in both
+    novel = next(r.label for r in rows if r.label != "Normal")
+    out = tmp_path / "split.json"
+    assert main(["eval", "--checkpoint", str(ucf_bundle), "-c", "ucf", "--data-root", str(data), "--json", str(out),
+                 "--no-progress", "--novel-classes", novel]) == 0
+    assert f"novel: {novel}" in capsys.readouterr().out
+    split = json.loads(out.read_text())
+    normal = sum(r.label == "Normal" for r in rows)
+    assert split["novel"]["n_anomalous_videos"] == sum(r.label == novel for r in rows)
+    assert split["novel"]["n_videos"] - split["novel"]["n_anomalous_videos"] == normal
+    assert split["base"]["n_videos"] + split["novel"]["n_anomalous_videos"] == len(rows)
+    assert split["auc"] == onnx_fig["auc"]  # the whole-list figures are unchanged
+    assert main(["eval", "--checkpoint", str(ucf_bundle), "-c", "ucf", "--data-root", str(data),
+                 "--no-progress", "--novel-classes", "Loitering"]) == 2
+
+
+# --- categories on an imported bundle ----------------------------------------------------------------
+def test_imported_bundle_carries_the_text_tower_with_official_token_ids(ucf_bundle: Path,
+                                                                       ref: dict[str, np.ndarray]) -> None:
+    """text.onnx + tokenizer/tokenizer.json (from OpenAI's BPE) + head_open.onnx: the bundle's tokenizer
+    gives the official ids, its own class list through the open head matches the baked-in head, and a
+    class added in words scores without re-export."""
+    from engine.bundle import load_bundle
+    from engine.categories import AddedCategory, CategoryEdit, OpenHeadModel, TextEncoder, build
+    from engine.model.config import UCF_PROMPTS
+    from engine.runtime import load_models
+
+    info = load_bundle(ucf_bundle)
+    assert info.text is not None and info.head_open is not None
+    assert info.parity["text"]["passed"] and info.parity["text"]["token_mismatches"] == []
+    assert info.parity["head_open"]["passed"]
+    enc = TextEncoder(info)
+    official = ref["ucf_token_ids"]
+    ids = enc.token_ids([p[0] for p in UCF_PROMPTS])
+    for row, want in zip(ids, official, strict=True):
+        n = int(np.count_nonzero(want))
+        assert row[:n].tolist() == want[:n].tolist()
+    own = build(info, CategoryEdit(), enc)
+    _, _, head = load_models(ucf_bundle, runtime="onnxruntime")
+    x, lengths = fixed_features()
+    s0, p0 = head.score(x, lengths)
+    s1, p1 = OpenHeadModel(info, own).score(x, lengths)
+    assert np.abs(_valid_rows(s1, lengths) - _valid_rows(s0, lengths)).max() <= 1e-5
+    assert np.abs(_valid_rows(p1, lengths) - _valid_rows(p0, lengths)).max() <= 1e-5
+    more = build(info, CategoryEdit(add=(AddedCategory("Person falling", ("a person falls down",)),)), enc)
+    _, p2 = OpenHeadModel(info, more).score(x, lengths)
+    assert p2.shape[-1] == len(UCF_CLASSES) + 1 and np.allclose(p2.sum(-1)[0, : lengths[0]], 1.0, atol=1e-4)

@@ -349,3 +349,33 @@ def test_config_settings_and_start_at(tmp_path: Path, clip: Path, tiny_bundle_di
         d["video"]["start_s"], abs=1e-3)
     rc, _, err = run_cli("score", str(clip), "-c", str(cfg), "--camera", "porch", "-q")
     assert rc == 2 and "no camera named 'porch'" in err and "yard, gate" in err
+
+
+def test_model_categories_apply_to_score(tmp_path: Path, clip: Path, tiny_bundle_dir: Path, scored: ScoreResult,
+                                         models: tuple[Any, Any, Any]) -> None:
+    """model.categories of -c reaches `dsanet score` as it reaches the live service: names and keys in the
+    CSV and events, and the class probabilities of head_open.onnx against the edited class features."""
+    from engine.categories import AddedCategory, CategoryEdit, OpenHeadModel, build
+
+    edit = CategoryEdit(add=(AddedCategory("Person falling", ("a person falls down",)),),
+                        rename={"Fighting": "Brawl"}, drop=("Arrest",))
+    cats = build(models[0], edit)
+    mine = score_video(clip, models, categories=edit, window=6, lookahead=1)
+    assert mine.class_names == cats.keys and mine.display_names == cats.names
+    _, want = streaming_scores(mine.embeddings, OpenHeadModel(models[0], cats).score, 6, 1)
+    np.testing.assert_allclose(mine.class_probs, want, atol=1e-6)
+    renamed = score_video(clip, models, categories=CategoryEdit(rename={"Fighting": "Brawl"}))
+    np.testing.assert_array_equal(renamed.class_probs, scored.class_probs)  # a rename keeps the baked head
+    assert renamed.class_names == models[0].class_names and "Brawl" in renamed.display_names
+
+    cfg = tmp_path / "deploy.yaml"
+    cfg.write_text(f"cameras:\n  - name: yard\n    url: file://{clip}\nmodel:\n  bundle: {tiny_bundle_dir}\n"
+                   f"  runtime: onnxruntime\n  categories:\n    add:\n      - name: Person falling\n"
+                   f"        prompts: [\"a person falls down\"]\n    rename: {{Fighting: Brawl}}\n    drop: [Arrest]\n"
+                   f"window: {{length: 6, lookahead: 1}}\n")
+    rc, _, err = run_cli("score", str(clip), "-c", str(cfg), "-q", "--csv", str(tmp_path / "s.csv"))
+    assert rc == 0, err
+    with (tmp_path / "s.csv").open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["index", "start_s", "end_s", "score", *cats.names]
+    np.testing.assert_allclose(np.asarray(rows[1:], dtype=np.float64)[:, 4:], want, atol=1e-5)

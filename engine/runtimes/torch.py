@@ -20,11 +20,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import threading
 from typing import Any
 
 import numpy as np
 
-from engine.errors import BundleError, RuntimeUnavailable
+from engine.categories import CategorySet, OpenHeadModel
+from engine.errors import BundleError, InputError, RuntimeUnavailable
 from engine.runtime import ENCODER, ModelPart, Runner, cuda_device, nvidia_gpu_present, register_runtime
 
 log = logging.getLogger(__name__)
@@ -60,14 +62,16 @@ def make_encoder_module(vision: Any) -> Any:
     return ImageEmbeds(vision).eval()
 
 
-def load_head_module(path: Any) -> Any:
-    """Rebuild the ``DSANetHead`` from a bundle's head.safetensors (weights + DSANetConfig metadata)."""
+def load_head_module(path: Any, open_head: bool = False) -> Any:
+    """Rebuild the ``DSANetHead`` from a bundle's head.safetensors (weights + DSANetConfig metadata);
+    ``open_head``: as ``DSANetOpenHead`` (class text features as a third input; the buffer kept)."""
     torch = import_torch()
     from safetensors import safe_open
     from safetensors.torch import load_file
 
     from engine.model import DSANetConfig, DSANetHead
     from engine.model.backbone import VadClipBackbone
+    from engine.model.head import DSANetOpenHead
 
     if not path.is_file():
         raise BundleError(f"{path}: missing (the torch runtime needs the head weights; re-export without "
@@ -84,7 +88,7 @@ def load_head_module(path: Any) -> Any:
     text = state.get("text_features")
     if text is None:
         raise BundleError(f"{path}: has no text_features tensor")
-    head = DSANetHead(config, VadClipBackbone(config), torch.zeros_like(text))
+    head = (DSANetOpenHead if open_head else DSANetHead)(config, VadClipBackbone(config), torch.zeros_like(text))
     try:
         head.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -177,6 +181,61 @@ class TorchRunner(Runner):
         if self._device.type == "cuda":
             d["gpu"] = torch.cuda.get_device_name(self._device)
         return d
+
+
+class TorchOpenHeadModel(OpenHeadModel):
+    """The open-vocabulary head on torch (``OpenHeadModel``'s interface): head.safetensors rebuilt as
+    ``DSANetOpenHead``, so edited categories run on the torch runtime's device and precision instead of
+    falling back to ``head_open.onnx`` on ONNX Runtime CPU. For the bundle's own classes (features from
+    text.onnx) it matches the baked-in head (tests/test_categories.py)."""
+
+    def __init__(self, bundle: Any, categories: CategorySet, device: str = "cpu", precision: str = "fp32",
+                 threads: int | None = None) -> None:
+        torch = import_torch()
+        spec = bundle.torch
+        if spec is None:
+            raise RuntimeUnavailable(f"bundle {bundle.root} has no torch weights (exported with "
+                                     "--no-torch-weights): use the onnxruntime runtime or re-export")
+        if cuda_device(device) and not torch.cuda.is_available():
+            raise RuntimeUnavailable(f"torch {torch.__version__} cannot use CUDA here (CPU-only build or no GPU)")
+        if threads:
+            torch.set_num_threads(int(threads))
+        self._torch = torch
+        self.bundle = bundle
+        self.spec = bundle.head_open
+        self.width = bundle.embedding_width
+        self.max_window = bundle.max_window
+        self.max_batch = bundle.head.max_batch
+        self.device, self.precision = torch.device(device), precision
+        self._dtype = torch_dtype(precision)
+        self.module = load_head_module(bundle.path(spec.head_weights), open_head=True).to(self.device)
+        self._lock = threading.Lock()
+        self._categories = self._checked(categories)
+        self.last_used = self._categories
+        self._text = (self._categories, torch.from_numpy(np.asarray(self._categories.features)).to(self.device))
+
+    def score(self, features: np.ndarray, lengths: np.ndarray | list[int]) -> tuple[np.ndarray, np.ndarray]:
+        torch = self._torch
+        cats = self._categories  # one read: the whole batch uses one class list
+        feats = np.ascontiguousarray(features, dtype=np.float32)
+        if feats.ndim != 3 or feats.shape[2] != self.width:
+            raise InputError(f"head features must be [B,T,{self.width}], got shape {list(feats.shape)}")
+        held, text = self._text
+        if held is not cats:  # class features moved to the device once per class list
+            text = torch.from_numpy(np.asarray(cats.features)).to(self.device)
+            self._text = (cats, text)
+        x = torch.from_numpy(feats).to(self.device)
+        lens = torch.from_numpy(np.asarray(lengths, dtype=np.int64)).to(self.device)
+        autocast = (torch.autocast(self.device.type, enabled=False) if self.precision == "fp32"
+                    else torch.autocast(self.device.type, dtype=self._dtype))
+        with torch.inference_mode(), autocast:
+            scores, probs = self.module(x, lens, text)
+        self.last_used = cats
+        return scores.float().cpu().numpy(), probs.float().cpu().numpy()
+
+    def describe(self) -> dict[str, Any]:
+        return {"runtime": "torch", "model": "head_open", "device": str(self.device), "precision": self.precision,
+                "classes": len(self._categories)}
 
 
 def head_config_json(head: Any) -> str:

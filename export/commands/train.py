@@ -73,7 +73,7 @@ def _eval(args: argparse.Namespace) -> int:
     rows = read_list(test_list if test_list.is_absolute() else root / test_list, root)
     gt = load_ground_truth(cfg.preset, root, rows)
     result = evaluate_model(model, rows, gt, cfg.preset, args.device, cfg.eval.batch_size,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, novel_classes=_novel(args, cfg.preset))
     print(f"{info.path} on {len(rows)} {cfg.preset} test videos:")
     print(format_table(result))
     if args.json:
@@ -83,6 +83,17 @@ def _eval(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
         print(f"wrote {args.json}")
     return 0
+
+
+def _novel(args: argparse.Namespace, preset: str) -> list[str] | None:
+    """--novel-classes A,B as a list, checked against the preset's classes before anything is scored."""
+    if not args.novel_classes:
+        return None
+    from export.evaluate import novel_codes
+
+    names = [n.strip() for n in args.novel_classes.split(",") if n.strip()]
+    novel_codes(names, preset)
+    return names
 
 
 def _eval_source(args: argparse.Namespace, cfg: Any) -> int:
@@ -97,7 +108,7 @@ def _eval_source(args: argparse.Namespace, cfg: Any) -> int:
     rows = read_list(test_list if test_list.is_absolute() else root / test_list, root)
     gt = load_ground_truth(cfg.preset, root, rows)
     result = evaluate_source(args.checkpoint, rows, gt, cfg.preset, args.device, cfg.eval.batch_size,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, novel_classes=_novel(args, cfg.preset))
     print(f"{args.checkpoint} on {len(rows)} {cfg.preset} test videos:")
     print(format_table(result))
     if args.json:
@@ -145,4 +156,8 @@ def register(subparsers: Any) -> None:
     e.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     e.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a preset value (e.g. data.test_list)")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.add_argument("--novel-classes", metavar="A,B,...",
+                   help="also report frame AUC/AP on base and on novel classes (open-vocabulary split): the "
+                        "normal test videos plus those of the classes named here (novel) or of the others (base); "
+                        "names are the preset's class words or raw codes (docs/categories.md)")
     e.set_defaults(func=_eval)

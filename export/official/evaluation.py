@@ -66,18 +66,20 @@ def score_bundle(bundle_dir: str | os.PathLike[str], rows: Sequence[Any], preset
 
 
 def evaluate_source(path: str | os.PathLike[str], rows: Sequence[Any], gt: Any, preset: str, device: str = "cpu",
-                    batch_size: int = 32, progress: bool = False) -> dict[str, Any]:
+                    batch_size: int = 32, progress: bool = False,
+                    novel_classes: Sequence[str] | None = None) -> dict[str, Any]:
     """AUC / AP / mAP of an official checkpoint or a bundle on the test list (``evaluate_outputs``)."""
     from export.evaluate import evaluate_outputs
 
     kind = checkpoint_kind(path)
     if kind == BUNDLE:
         scores, probs = score_bundle(path, rows, preset, progress)
-        return evaluate_outputs(scores, probs, gt, preset)
+        return evaluate_outputs(scores, probs, gt, preset, novel_classes)
     if kind == OFFICIAL:
         from export.model_eval import evaluate_model
         from export.official.importer import load_official_model
 
         model = load_official_model(path, preset).to(device)
-        return evaluate_model(model, rows, gt, preset, device, batch_size, progress=progress)
+        return evaluate_model(model, rows, gt, preset, device, batch_size, progress=progress,
+                              novel_classes=novel_classes)
     raise CheckpointError(f"{path}: a trainer checkpoint needs --clip (the CLIP folder it was trained with)")

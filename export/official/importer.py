@@ -5,7 +5,9 @@ checkpoint's own ``clipmodel.visual`` weights (so no separate CLIP download is n
 with the class text features baked in (computed like the official test: its class descriptions, the
 adapted text tower, OpenAI's tokenizer), the same parity checks (head within 1e-4 of the torch model
 built from the file, encoder cosine >= 0.9999, INT8 >= 0.995), and ``bundle.json`` recording the
-source file's name and sha256, the preset and the class names. Preprocessing is OpenAI CLIP's:
+source file's name and sha256, the preset and the class names. The adapted text tower goes in as well
+(``text.onnx``, ``tokenizer/tokenizer.json`` converted from OpenAI's BPE vocabulary, ``head_open.onnx``),
+so an imported bundle's categories can be edited at deployment like an exported one's. Preprocessing is OpenAI CLIP's:
 shortest side to the model's input resolution (bicubic, antialiased), centre crop, CLIP mean/std.
 """
 
@@ -13,12 +15,15 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from engine.bundle import Bundle
+from engine.clip_formats import write_tokenizer_files
 from engine.errors import DsanetError
 from engine.preprocess import Preprocessing
+from engine.tokenizer import ClipBPETokenizer
 from export.official.load import OfficialCheckpoint, load_official, sha256_of
 
 log = logging.getLogger(__name__)
@@ -64,10 +69,16 @@ def import_official(checkpoint: str | os.PathLike[str], preset: str, out_dir: st
     fps = float(snippet_fps or DEFAULT_FPS[preset])
     model = official_model(ck, fps)
     head = model.inference_head()
+    text = model.text  # the adapted text tower (OpenAI BPE tokenizer): text.onnx, tokenizer/, head_open.onnx
     vision = build_vision_model(ck.clip, g)
     del model
     opts = ExportOptions(name=name or f"dsanet-official-{preset}", encoder_int8=encoder_int8,
                          torch_weights=torch_weights, max_batch=max_batch, snippet_fps=fps,
                          source={"checkpoint": path.name, "checkpoint_sha256": sha256_of(path), "preset": preset},
                          clip=f"official:{path.name}:clipmodel.visual", tiny_clip=False)
-    return write_bundle(head, vision, out, Preprocessing(size=g.image_resolution), opts, force=force)
+    with tempfile.TemporaryDirectory(prefix="dsanet-official-tok-") as tok_dir:
+        # OpenAI's BPE as Hugging Face CLIP tokenizer files; the bundle gets their tokenizer.json, and the
+        # text parity check runs the official tokenizer (torch side) against it (ONNX side)
+        write_tokenizer_files(ClipBPETokenizer.from_bpe_file(), Path(tok_dir))
+        return write_bundle(head, vision, out, Preprocessing(size=g.image_resolution), opts, force=force,
+                            text=text, clip_dir=tok_dir)

@@ -23,7 +23,8 @@ in seconds from the first frame. An event still open at the end of the file ends
 "end_of_file".
 
 Settings come from the live defaults, then from -c/--config (the deployment's window and events
-sections, with --camera's overrides), then from the options below. Exit status: 0 on success, 2 when
+sections, with --camera's overrides, and model.categories: categories added, renamed or dropped in words),
+then from the options below. Exit status: 0 on success, 2 when
 the video, bundle, config or an option is unusable (the message says which)."""
 
 
@@ -131,7 +132,8 @@ def _run(args: argparse.Namespace) -> int:
     camera = args.camera or video.stem or "video"
     result = score_video(video, models, window=window, lookahead=lookahead, events=settings, camera=camera,
                          origin=float(origin or 0.0), encoder_batch=args.batch,
-                         progress=not args.quiet and sys.stderr.isatty())
+                         progress=not args.quiet and sys.stderr.isatty(),
+                         categories=m.categories.to_edit() if m is not None and m.categories is not None else None)
     print(result.summary())
     if args.csv:
         print(f"csv: {result.write_csv(args.csv)}")
