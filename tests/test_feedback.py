@@ -156,3 +156,138 @@ def test_orphans_of_a_crash_are_removed_at_start(tmp_path: Path) -> None:
     s2 = _store(root)
     assert not orphan.exists() and not (root / "pending" / "x.npy.tmp").exists()
     assert list(s2.examples) == ["event-e1"]
+
+
+# --- a real service ---------------------------------------------------------------------------------------
+def _wait(pred, timeout: float = 120.0, step: float = 0.05) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(step)
+    return bool(pred())
+
+
+def _http(url: str, method: str = "GET", body: object | None = None) -> tuple[int, dict]:
+    import urllib.error
+    import urllib.request
+
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "stream.cli", "feedback", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+
+
+@pytest.mark.system
+def test_a_running_service_takes_marks_from_api_cli_and_mqtt(tmp_path: Path, clip_factory, tiny_bundle_dir: Path,
+                                                           mqtt_broker) -> None:
+    from stream.config import load_config
+    from stream.console.wiring import start_console
+    from stream.service import Service
+    from tests.fixtures.mqtt import MqttCollector, publish
+    from tests.test_service import write_config
+
+    a = clip_factory("a.mp4", width=160, height=96, fps=15, seconds=4.0)
+    b = clip_factory("b.mp4", width=160, height=96, fps=15, seconds=4.0)
+    site = tmp_path / "site"
+    path = write_config(
+        tmp_path, [{"name": "a", "url": f"file://{a}", "loop": True, "realtime": True},
+                   {"name": "b", "url": f"file://{b}", "loop": True, "realtime": True,
+                    "events": {"on_threshold": 1.0, "off_threshold": 1.0}}],
+        bundle=tiny_bundle_dir, window="length: 8\n  lookahead: 1",
+        sinks=[{"type": "jsonl", "path": str(tmp_path / "events.jsonl")},
+               {"type": "mqtt", "port": mqtt_broker.port, "publish_scores": False}],
+        extra=f"feedback:\n  directory: {json.dumps(str(site))}\n  context_snippets: 2\n"
+              "  normal_sample_interval: 0.5\n  normal_sample_snippets: 4\n  normal_samples_per_camera: 2\n")
+    cfg = load_config(path)
+    svc = Service(cfg.model_copy(update={"metrics": cfg.metrics.model_copy(update={"enabled": False})}),
+                  status_interval=0)
+    handle = start_console(svc, svc.metrics, cfg, path)
+    api = f"{handle.url}/api/v1"
+
+    def started(n: int) -> list[str]:
+        return [e.id for e in list(svc.events) if e.camera == "a" and e.type == "start"][:n]
+
+    def ended(eid: str) -> bool:
+        return any(e.id == eid and e.type == "end" for e in list(svc.events))
+
+    try:
+        with MqttCollector(mqtt_broker.port, "dsanet/feedback/result") as sub:
+            svc.start()
+            assert _wait(lambda: len(started(1)) == 1), "no event on camera a"
+            e1 = started(1)[0]
+            # marked while open: stored when it ends
+            code, body = _http(f"{api}/events/{e1}/feedback", "POST", {"mark": "false_alarm"})
+            assert code == 202 and body["state"] == "waiting" and body["label"] == "Normal", body
+            code, body = _http(f"{api}/events/{e1}/feedback", "POST", {"mark": "confirmed", "category": "Juggling"})
+            assert code == 422 and "unknown category 'Juggling'" in body["error"]
+            code, body = _http(f"{api}/events/no-such-event/feedback", "POST", {"mark": "false_alarm"})
+            assert code == 404 and "'no-such-event' is not known" in body["error"]
+            code, body = _http(f"{api}/events/{e1}/feedback", "POST", {"mark": "maybe"})
+            assert code == 400 and "mark 'maybe'" in body["error"]
+            svc.set_thresholds("a", 1.0, 1.0)  # no sigmoid score reaches 1.0: the event ends after its hold
+            assert _wait(lambda: ended(e1))
+            assert _wait(lambda: f"event-{e1}" in svc.feedback.store.examples), svc.feedback_status()
+
+            res = _cli(e1, "--confirm", "--category", "fighting", "--url", handle.url)
+            assert res.returncode == 0, res.stderr
+            assert "stored as label Fighting" in res.stdout and "replaces the earlier mark (false_alarm, Normal)" \
+                in res.stdout
+            res = _cli("no-such-event", "--false-alarm", "--url", handle.url)
+            assert res.returncode == 2 and "'no-such-event' is not known" in res.stderr and "Traceback" not in res.stderr
+
+            svc.set_thresholds("a", 0.0, 0.0)  # a second event, marked over MQTT after it ended
+            assert _wait(lambda: len(started(2)) == 2)
+            e2 = started(2)[1]
+            svc.set_thresholds("a", 1.0, 1.0)
+            assert _wait(lambda: ended(e2))
+            assert _wait(lambda: e2 in svc.feedback.store.pending)
+            publish(mqtt_broker.port, "dsanet/feedback/set", json.dumps({"event_id": e2, "mark": "confirmed"}))
+            publish(mqtt_broker.port, "dsanet/feedback/set", json.dumps({"event_id": "zzz", "mark": "confirmed"}))
+            got = sub.wait_for(2)
+            answers = {m.json()["event_id"]: m.json() for m in got}
+            assert answers[e2]["ok"] and answers[e2]["kind"] == "confirmed", answers
+            assert not answers["zzz"]["ok"] and answers["zzz"]["status"] == 404
+            predicted = next(e.category_key for e in svc.events if e.id == e2 and e.type == "end")
+            assert answers[e2]["label"] == raw_labels(UCF_KEYS, "ucf")[UCF_KEYS.index(predicted)]
+            # calm camera b: normal samples, capped per camera
+            assert _wait(lambda: svc.feedback.samples >= 3)
+            code, st = _http(f"{api}/feedback")
+            per_camera = [sum(1 for e in svc.feedback.store.examples.values() if e.kind == "normal_sample"
+                              and e.camera == c) for c in ("a", "b")]
+            assert per_camera[1] == 2 and max(per_camera) == 2  # a is calm too once its thresholds are 1.0
+            assert code == 200 and st["examples"]["normal_sample"] == sum(per_camera)
+            assert st["bytes"] <= st["max_bytes"]
+            assert st["bundle"]["head_sha256"] and st["queue_dropped"] == 0
+    finally:
+        svc.request_stop("test over")
+        svc.shutdown()
+        handle.close()
+
+    rows = read_list(site / "list.csv", site)
+    examples = {json.loads(x)["id"]: json.loads(x) for x in (site / "examples.jsonl").read_text().splitlines()}
+    assert examples[f"event-{e1}"]["label"] == "Fighting" and examples[f"event-{e1}"]["kind"] == "confirmed"
+    assert examples[f"event-{e2}"]["kind"] == "confirmed"
+    assert sum(1 for e in examples.values() if e["kind"] == "normal_sample" and e["camera"] == "b") == 2
+    head_sha = json.loads((tiny_bundle_dir / "bundle.json").read_text())["files"]["head.onnx"]["sha256"]
+    assert {e["bundle"] for e in examples.values()} == {head_sha}
+    for r in rows:
+        f = load_features(r.path, width=D)
+        assert f.shape[0] >= 1
+    ev2 = examples[f"event-{e2}"]  # started mid-stream: 2 rows of context before it, 2 after
+    lo, hi = ev2["event_rows"]
+    assert lo == 2 and hi >= lo and ev2["snippets"] == hi + 1 + 2, ev2
+    sent = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert sent and all(e["bundle"] == head_sha[:12] for e in sent)  # events name the bundle that scored them
+    # restart: a new store over the same folder sees the same examples
+    again = SiteData(site, max_bytes=cfg.feedback.max_bytes, pending_events=10, normal_per_camera=2,
+                     snippet_frames=16, snippet_fps=30.0, snippet_seconds=16 / 30, labels=_labels)
+    assert set(again.examples) == set(examples)
