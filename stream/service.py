@@ -66,7 +66,7 @@ from stream.events import (
     EventMachine,
     OpenEventJournal,
 )
-from stream.feedback.swap import BundleIds, SwapError, check_compatible, try_models
+from stream.feedback.swap import BundleIds, SwapError, check_compatible, run_niced, try_models
 from stream.listeners import ListenerHub
 from stream.metrics import Metrics, MetricsServer
 from stream.models import Models
@@ -448,6 +448,19 @@ class Service:
                        queue_dropped=fb.queue.dropped)
         return out
 
+    def _load_and_try(self, mcfg: Any, windows: list[tuple[str, int]]) -> Models:
+        try:
+            new = Models.load(mcfg)
+            if self._categories_edit is not None:
+                new.set_categories(self._categories_edit)
+        except DsanetError as exc:
+            raise SwapError(f"bundle {mcfg.bundle}: {exc}") from None
+        except Exception as exc:  # a runtime's own error types: the bundle is refused all the same
+            raise SwapError(f"bundle {mcfg.bundle}: cannot load it ({type(exc).__name__}: {redact(exc)})") from None
+        check_compatible(self.models.bundle, new.bundle, windows)
+        try_models(new, max((n for _, n in windows), default=1))
+        return new
+
     def swap_bundle(self, path: str) -> dict[str, Any]:
         """Switch every camera to another bundle without restarting them (docs/feedback.md).
 
@@ -462,17 +475,8 @@ class Service:
                 raise SwapError("the service is shutting down")
             t0 = time.monotonic()
             mcfg = self.cfg.model.model_copy(update={"bundle": str(path)})
-            try:
-                new = Models.load(mcfg)
-                if self._categories_edit is not None:
-                    new.set_categories(self._categories_edit)
-            except DsanetError as exc:
-                raise SwapError(f"bundle {path}: {exc}") from None
-            except Exception as exc:  # a runtime's own error types: the bundle is refused all the same
-                raise SwapError(f"bundle {path}: cannot load it ({type(exc).__name__}: {redact(exc)})") from None
             windows = [(c.name, c.window.length) for c in self.cameras.values()]
-            check_compatible(self.models.bundle, new.bundle, windows)
-            try_models(new, max((n for _, n in windows), default=1))
+            new = run_niced(lambda: self._load_and_try(mcfg, windows))
             ids, old = BundleIds.of(new.bundle), self.bundle_ids
             same_encoder = ids.encoder is not None and ids.encoder == old.encoder
             with self._swap_lock:

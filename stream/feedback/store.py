@@ -438,8 +438,8 @@ class SiteData:
             rec = {"kind": kind, "label": label, "marked_at": now}
             atomic_write(self.root / PENDING / f"{event_id}.mark.json", json.dumps(rec) + "\n")
             self.waiting[event_id] = rec
-            prev = {"kind": str(prev_wait["kind"]), "label": str(prev_wait["label"])} if prev_wait else None
-            return MarkResult(event_id, kind, label, "waiting", prev, ex_id)
+            before = {"kind": str(prev_wait["kind"]), "label": str(prev_wait["label"])} if prev_wait else None
+            return MarkResult(event_id, kind, label, "waiting", before, ex_id)
 
     def _apply(self, event_id: str, kind: str, label: str, marked_at: float) -> None:
         """A pending capture becomes the example ``event-<id>`` (its file moved, not copied)."""

@@ -11,13 +11,48 @@ bundle.json): otherwise every camera's window restarts empty at the switch, and 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from engine.errors import DsanetError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+LOAD_NICE = 10  # the loading thread's niceness: the cameras' threads keep the CPU while a bundle loads
+
+
+def run_niced(fn: Callable[[], T]) -> T:
+    """Run ``fn`` in a fresh thread at a lower CPU priority (Linux: niceness is per thread) and wait for it.
+
+    Loading and warming up a bundle takes seconds of CPU; on a small box at normal priority it takes them
+    from the encoder and head threads, and the other cameras' scores lag. Where per-thread priority is not
+    available the load simply runs at normal priority."""
+    out: list[Any] = []
+
+    def body() -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOAD_NICE)
+        except (AttributeError, OSError) as exc:
+            log.debug("bundle load at normal priority (%s)", exc)
+        try:
+            out.append(("ok", fn()))
+        except BaseException as exc:  # handed to the caller's thread
+            out.append(("err", exc))
+
+    t = threading.Thread(target=body, name="bundle-load", daemon=True)
+    t.start()
+    t.join()
+    kind, value = out[0]
+    if kind == "err":
+        raise value
+    return value
 
 
 class SwapError(DsanetError):
