@@ -796,4 +796,7 @@ def summary(cfg: DeploymentConfig) -> str:
     ev = cfg.evidence
     lines.append(f"evidence: {ev.directory} (pre {ev.pre_roll}s, post {ev.post_roll}s)" if ev.enabled else "evidence: off")
     lines.append(f"spool: {cfg.spool.directory}; logging: {cfg.logging.level} ({cfg.logging.format})")
+    fb = cfg.feedback
+    lines.append(f"feedback: {fb.directory} (at most {fb.max_bytes / 2**20:g} MiB; {fb.context_snippets} snippets of "
+                 f"context per event)" if fb.enabled else "feedback: off")
     return "\n".join(lines)
