@@ -161,3 +161,52 @@ def test_hot_swap_keeps_cameras_streaming_and_refuses_bad_bundles(tmp_path: Path
         handle.close()
     ends = [e for e in svc.events if e.type == "end" and e.camera == "a"]
     assert ends and ends[-1].bundle == BundleIds.of(svc.models.bundle).short  # scored by the newest bundle
+
+
+class _SwapControl:
+    """FakeControl plus ``FeedbackControl``: records swaps; refuses paths containing 'bad'."""
+
+    def __init__(self, cameras: list) -> None:
+        from tests.fixtures.control_fake import FakeControl
+
+        self.fake = FakeControl(cameras)
+        self.swapped: list[str] = []
+
+    def __getattr__(self, name: str):
+        return getattr(self.fake, name)
+
+    def mark_event(self, event_id: str, kind: str, category: str | None = None) -> dict:
+        raise AssertionError("not used")
+
+    def feedback_status(self) -> dict:
+        return {}
+
+    def swap_bundle(self, path: str) -> dict:
+        if "bad" in path:
+            raise SwapError(f"bundle {path}: bundle refused (a restart can apply it): snippet_fps 15.0 differs")
+        self.swapped.append(path)
+        return {"bundle": {"name": Path(path).name, "id": "0123456789ab"}, "encoder_changed": False}
+
+
+@pytest.mark.parametrize("new_model,applied,errors,restart", [
+    ("{bundle: /m/ft}", ["model.bundle: now ft (head 0123456789ab)"], [], []),
+    ("{bundle: /m/bad}", [], ["model.bundle: bundle /m/bad: bundle refused (a restart can apply it): snippet_fps "
+                              "15.0 differs"], []),
+    ("{bundle: /m/ft, threads: 2}", [], [], ["model"]),  # another model key too: only a restart applies it
+])
+def test_a_reload_swaps_the_bundle_live_or_reports_why_not(tmp_path: Path, new_model, applied, errors,
+                                                          restart) -> None:
+    from stream.config import load_config
+    from stream.reload import LiveConfig
+
+    path = tmp_path / "d.yaml"
+    body = "cameras:\n  - {name: a, url: 'rtsp://127.0.0.1/a'}\nmodel: %s\n"
+    path.write_text(body % "{bundle: /m/base}")
+    ctl = _SwapControl(load_config(path).cameras)
+    live = LiveConfig(load_config(path), ctl, path)
+    path.write_text(body % new_model)
+    rep = live.reload()
+    assert (rep.applied, rep.errors, rep.restart_needed) == (applied, errors, restart)
+    assert ctl.swapped == (["/m/ft"] if applied else [])
+    # a refused swap keeps the running bundle in the live config, so the next reload tries again
+    assert live.cfg.model.bundle == ("/m/base" if errors else "/m/ft")
