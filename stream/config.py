@@ -351,6 +351,8 @@ class MqttSinkConfig(SinkConfigBase):
         "Publish Home Assistant MQTT discovery: each camera appears as an anomaly binary sensor with "
         "score and category sensors."))
     discovery_prefix: str = Field("homeassistant", min_length=1, description="Home Assistant's discovery prefix.")
+    commands: bool = Field(True, description=(
+        "Take feedback marks from <prefix>/feedback/set (answered on <prefix>/feedback/result) while feedback is on."))
 
 
 class KafkaSinkConfig(SinkConfigBase):
@@ -415,6 +417,34 @@ class SpoolConfig(_Model):
     directory: str = Field("spool", description="Folder for the per-sink on-disk spools.")
 
 
+class FeedbackConfig(_Model):
+    """Operator feedback and site data (``stream.feedback``, docs/feedback.md): what the model saw around
+    each event, kept for marks, and a sample of calm windows, in the layout ``dsanet finetune`` reads."""
+
+    enabled: bool = Field(True, description="Keep event embeddings for feedback marks and sample calm windows.")
+    directory: str = Field("site-data", description="Site-data folder (list.csv, features/, examples.jsonl).")
+    max_bytes: int = Field(256 * 1024 * 1024, ge=1024 * 1024, description=(
+        "Disk bound of the whole folder; beyond it the oldest normal samples go first, then unmarked event "
+        "captures, marks last."))
+    context_snippets: int = Field(16, ge=0, le=256, description="Snippets kept before and after each event.")
+    ring_snippets: int = Field(512, ge=16, le=8192, description=(
+        "Snippet embeddings each camera keeps in memory (the longest event that is kept whole, with context)."))
+    pending_events: int = Field(200, ge=1, description="Ended events whose embeddings wait on disk for a mark.")
+    normal_sample_interval: float = Field(900.0, ge=0, description=(
+        "Seconds between two calm-window samples of a camera (0: no samples)."))
+    normal_sample_snippets: int = Field(64, ge=1, le=8192, description=(
+        "Snippets in one calm-window sample (all scored below off_threshold, no event open)."))
+    normal_samples_per_camera: int = Field(100, ge=0, description="Calm samples kept per camera (oldest evicted).")
+    queue_size: int = Field(64, ge=1, description="Bound of the writer's queue; when full the oldest is dropped and counted.")
+
+    @model_validator(mode="after")
+    def _fits(self) -> FeedbackConfig:
+        if self.normal_sample_snippets > self.ring_snippets:
+            raise ValueError(f"normal_sample_snippets ({self.normal_sample_snippets}) must be <= ring_snippets "
+                             f"({self.ring_snippets})")
+        return self
+
+
 class ShardConfig(_Model):
     """This worker's share of the cameras when several workers run one config (``stream.shard``)."""
 
@@ -452,6 +482,7 @@ class DeploymentConfig(_Model):
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Log level and format.")
     shard: ShardConfig | None = Field(None, description="Cameras shared among workers: this worker's index/count.")
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig, description="Per-camera thresholds learned from each camera's scores.")
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig, description="Feedback marks and site data.")
 
     @model_validator(mode="after")
     def _unique(self) -> DeploymentConfig:
@@ -739,6 +770,7 @@ def resolve_paths(cfg: DeploymentConfig, base: Path) -> DeploymentConfig:
         "evidence": cfg.evidence.model_copy(update={"directory": _resolve(base, cfg.evidence.directory)}),
         "spool": cfg.spool.model_copy(update={"directory": _resolve(base, cfg.spool.directory)}),
         "calibration": cfg.calibration.model_copy(update={"directory": _resolve(base, cfg.calibration.directory)}),
+        "feedback": cfg.feedback.model_copy(update={"directory": _resolve(base, cfg.feedback.directory)}),
     })
 
 
@@ -802,4 +834,7 @@ def summary(cfg: DeploymentConfig) -> str:
     ev = cfg.evidence
     lines.append(f"evidence: {ev.directory} (pre {ev.pre_roll}s, post {ev.post_roll}s)" if ev.enabled else "evidence: off")
     lines.append(f"spool: {cfg.spool.directory}; logging: {cfg.logging.level} ({cfg.logging.format})")
+    fb = cfg.feedback
+    lines.append(f"feedback: {fb.directory} (at most {fb.max_bytes / 2**20:g} MiB; {fb.context_snippets} snippets of "
+                 f"context per event)" if fb.enabled else "feedback: off")
     return "\n".join(lines)

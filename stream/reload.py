@@ -12,7 +12,9 @@ changes the API makes (applied, then written back into the file when it is writa
 * anything else about it changed (URL, transport, window, other event timings): removed and added again;
 * every other camera is not touched, so it keeps streaming.
 
-A change of ``model.categories`` alone is applied live (``set_categories``: the head scores its next
+A change of ``model.bundle`` (alone or with ``model.categories``) is a live bundle swap
+(``stream.feedback.FeedbackControl.swap_bundle``: loaded, tried, switched; a refused bundle leaves the
+running one scoring and is reported as an error). A change of ``model.categories`` alone is applied live (``set_categories``: the head scores its next
 batch against the new class list, no camera restarts). Sections that only a restart can apply (the rest of
 model, sinks, http, evidence, spool, ingest, logging, global window) are reported in ``restart_needed``
 and left as they run.
@@ -45,7 +47,8 @@ from stream.redact import redact
 
 log = logging.getLogger(__name__)
 
-RESTART_SECTIONS = ("model", "window", "ingest", "sinks", "metrics", "http", "evidence", "spool", "logging")
+RESTART_SECTIONS = ("model", "window", "ingest", "sinks", "metrics", "http", "evidence", "spool", "logging",
+                   "feedback")
 _EVENT_TIMINGS = ("min_duration", "hold", "cooldown", "update_interval")
 
 
@@ -62,11 +65,12 @@ class ReloadPlan:
     restart_needed: tuple[str, ...] = ()
     categories_changed: bool = False  # model.categories differs, nothing else in the model section
     categories: CategoriesConfig | None = None  # the new model.categories (None: the bundle's own list)
+    bundle: str | None = None  # the new model.bundle when only it (and maybe categories) changed: a live swap
 
     @property
     def empty(self) -> bool:
         return not (self.remove or self.add or self.restart or self.enable or self.disable or self.thresholds
-                    or self.categories_changed)
+                    or self.categories_changed or self.bundle)
 
     def lines(self) -> list[str]:
         out = [f"remove camera {n!r}" for n in self.remove]
@@ -109,13 +113,16 @@ def plan_reload(old: DeploymentConfig, new: DeploymentConfig) -> ReloadPlan:
     sections = tuple(s for s in RESTART_SECTIONS if getattr(old, s) != getattr(new, s))
     # a change of model.categories alone is applied live (Service.set_categories), not by a restart
     categories_changed = old.model.categories != new.model.categories
-    if categories_changed and "model" in sections and (old.model.model_copy(update={"categories": None})
-                                                       == new.model.model_copy(update={"categories": None})):
+    bundle = new.model.bundle if old.model.bundle != new.model.bundle else None
+    live = {"categories": None, "bundle": ""}
+    if (categories_changed or bundle) and "model" in sections and (old.model.model_copy(update=live)
+                                                                  == new.model.model_copy(update=live)):
         sections = tuple(s for s in sections if s != "model")
+        categories_changed = categories_changed and bundle is None  # a swap loads the new list with the bundle
     else:
-        categories_changed = False
+        categories_changed, bundle = False, None
     return ReloadPlan(remove, add, tuple(restart), tuple(enable), tuple(disable), tuple(thresholds), sections,
-                      categories_changed, new.model.categories)
+                      categories_changed, new.model.categories, bundle)
 
 
 @dataclass
@@ -158,6 +165,18 @@ def apply_plan(plan: ReloadPlan, control: ServiceControl) -> ReloadReport:
     for n, on, off in plan.thresholds:
         step(f"camera {n!r}: on_threshold {on:g}, off_threshold {off:g}",
              functools.partial(control.set_thresholds, n, on, off))
+    if plan.bundle is not None:
+        from stream.feedback.control import FeedbackControl
+
+        if not isinstance(control, FeedbackControl):
+            rep.restart_needed.append("model")
+        else:
+            try:
+                res = control.swap_bundle(plan.bundle)
+                rep.applied.append(f"model.bundle: now {res['bundle']['name']} (head {res['bundle']['id']})"
+                                   + ("; the encoder differs: windows restarted" if res["encoder_changed"] else ""))
+            except DsanetError as exc:
+                rep.errors.append(f"model.bundle: {redact(str(exc))}")
     if plan.categories_changed:
         edit = plan.categories.to_edit() if plan.categories is not None else CategoryEdit()
 
@@ -296,6 +315,20 @@ class LiveConfig:
             cams[i] = cam.model_copy(update={"events": EventsOverride(**override)})
             self._replace(cams)
             return self._write(lambda f: f.set_thresholds(name, float(new_on), float(new_off)))
+
+    def swap_bundle(self, control: Any, path: str) -> dict[str, Any]:
+        """API: switch to another bundle (a relative path is taken from the deployment file's folder).
+
+        The deployment file is not edited: set ``model.bundle`` there to keep the bundle after a restart."""
+        p = Path(path)
+        if not p.is_absolute() and self._base() is not None:
+            p = self._base() / p  # type: ignore[operator]
+        with self._lock:
+            res = dict(control.swap_bundle(str(p)))
+            self._cfg = self._cfg.model_copy(update={"model": self._cfg.model.model_copy(update={"bundle": str(p)})})
+        res["persisted"] = False
+        res["note"] = "the deployment file is unchanged: set model.bundle there to keep this bundle after a restart"
+        return res
 
     # ------------------------------------------------------------------------------------- reload
     def reload(self) -> ReloadReport:

@@ -40,6 +40,7 @@ after a crash the next start ends them with ``reason: restart_recovery``.
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import sys
 import threading
@@ -66,6 +67,7 @@ from stream.events import (
     EventMachine,
     OpenEventJournal,
 )
+from stream.feedback.swap import BundleIds, SwapError, check_compatible, run_niced, try_models
 from stream.listeners import ListenerHub
 from stream.metrics import Metrics, MetricsServer
 from stream.models import Models
@@ -80,6 +82,7 @@ from stream.window import EmbeddingWindow
 if TYPE_CHECKING:
     from engine.categories import CategoryEdit, CategorySet
     from stream.evidence import EvidenceManager
+    from stream.feedback.recorder import FeedbackRecorder
 
 log = logging.getLogger(__name__)
 
@@ -119,17 +122,28 @@ class Service:
         self.spec = SnippetSpec.from_bundle(b)
         self.max_window = int(b.max_window)
         self.metrics.build_info(__version__, str(b.name), self.models.runtime)
+        self.bundle_ids = BundleIds.of(b)
+        # bundle hot-swap (swap_bundle): which Models embedded / scored the batch in hand (encoder / head
+        # thread only), cameras whose windows restart after an encoder change, and the swap's lock
+        self._swap_lock = threading.Lock()
+        self._embedded_by: Models = self.models
+        self._scored_by: Models = self.models
+        self._stale_before: dict[str, float] = {}
+        self._encoder_of: dict[str, str | None] = {}
+        self._last_frame: dict[str, int] = {}
+        self.swaps = 0
+        self._categories_edit: CategoryEdit | None = None  # the last set_categories edit, kept across swaps
 
         m = cfg.model
         self.encoder_queue: DropOldestQueue[Snippet] = DropOldestQueue(
             m.queue_size, on_drop=lambda s: self.metrics.dropped("encoder", s.camera), name="encoder")
         self.head_queue: DropOldestQueue[WindowJob] = DropOldestQueue(
             m.queue_size, on_drop=lambda j: self.metrics.dropped("head", j.camera), name="head")
-        self.encoder = EncoderWorker(self.encoder_queue, self.models.encoder.embed, self.models.preprocess,
+        self.encoder = EncoderWorker(self.encoder_queue, self._embed, self._preprocess_batch,
                                      self._on_embeddings, max_batch=max(1, min(m.encoder_batch,
                                                                                self.models.encoder_max_batch)),
                                      max_wait=m.encoder_max_wait, metrics=self.metrics)
-        self.head = HeadWorker(self.head_queue, self.models.score, self._on_scores,
+        self.head = HeadWorker(self.head_queue, self._score, self._on_scores,
                                max_batch=max(1, min(m.head_batch, self.models.head_max_batch)),
                                max_wait=m.head_max_wait, metrics=self.metrics)
         self.model_info = {"name": b.name, "hash": _short_hash(b)}
@@ -159,6 +173,14 @@ class Service:
             self.metrics.add_liveness("evidence", lambda: ev_mgr.heartbeat if ev_mgr._thread is not None
                                       and ev_mgr._thread.is_alive() else time.monotonic())
 
+        self.feedback: FeedbackRecorder | None = None
+        if cfg.feedback.enabled:
+            from stream.feedback.control import FeedbackCommandSink, command_handler
+
+            self.feedback = self._make_feedback()
+            for sink in self.sinks:
+                if isinstance(sink, FeedbackCommandSink):  # the MQTT sink's <prefix>/feedback/set
+                    sink.set_feedback_handler(command_handler(self))
         for cam in cfg.cameras:
             self.cameras.add(self._build(cam, cfg.events_for(cam), enabled=cam.enabled))
         self.metrics.add_liveness("encoder", lambda: self.encoder.heartbeat)
@@ -172,6 +194,8 @@ class Service:
     # ------------------------------------------------------------------------------------- wiring
     def _build(self, cam: CameraConfig, ecfg: EventsConfig, enabled: bool) -> CameraPipeline:
         """One camera's pipeline; its metrics and liveness are registered only when it is enabled."""
+        for d in (self._stale_before, self._encoder_of, self._last_frame):  # its snippet indices restart
+            d.pop(cam.name, None)
         wcfg = self.cfg.window_for(cam)
         if wcfg.length > self.max_window:
             raise DsanetError(f"camera {cam.name!r}: window.length {wcfg.length} is longer than the bundle's "
@@ -187,6 +211,7 @@ class Service:
         reader = CameraReader(make_reader_settings(cam, self.cfg.ingest), cutter, self.metrics, packets=ring)
         keys, names = self.models.current_classes()
         machine = EventMachine(cam.name, ecfg, list(keys), list(names), model_info=self.model_info)
+        machine.bundle = self.bundle_ids.short
         pipeline = CameraPipeline(cam, ecfg, reader, cutter, window, machine)
         pipeline.enabled = enabled
         if enabled:
@@ -212,6 +237,41 @@ class Service:
         (``min_duration``, the window's lookahead, a few seconds of queueing)."""
         return self.cfg.evidence.pre_roll + ecfg.min_duration + (lookahead + 2) * self.spec.seconds + 5.0
 
+    def _make_feedback(self) -> FeedbackRecorder:
+        from stream.feedback.labels import raw_labels
+        from stream.feedback.recorder import FeedbackRecorder
+        from stream.feedback.store import SiteData
+
+        fcfg = self.cfg.feedback
+
+        def labels() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+            bundle = self.models.bundle
+            keys = tuple(bundle.class_names)
+            source = getattr(bundle, "source", None)
+            return keys, tuple(bundle.display_names or keys), raw_labels(keys, getattr(source, "preset", None))
+
+        store = SiteData(fcfg.directory, max_bytes=fcfg.max_bytes, pending_events=fcfg.pending_events,
+                         normal_per_camera=fcfg.normal_samples_per_camera, snippet_frames=self.spec.frames,
+                         snippet_fps=self.spec.fps, snippet_seconds=self.spec.seconds, labels=labels)
+        return FeedbackRecorder(fcfg, store, self.spec.seconds, lambda: self.bundle_ids.head,
+                                on_drop=lambda cam: self.metrics.dropped("feedback", cam))
+
+    # ------------------------------------------------------------------------------ model calls
+    def _embed(self, pixels: np.ndarray) -> np.ndarray:
+        """Encoder thread: embed with the models in effect now, remembering which (a swap may come)."""
+        m = self.models
+        self._embedded_by = m
+        return m.encoder.embed(pixels)
+
+    def _preprocess_batch(self, images: list[np.ndarray]) -> np.ndarray:
+        return self.models.preprocess(images)
+
+    def _score(self, features: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Head thread: score with the models in effect now; ``_on_scores`` reads which it was."""
+        m = self.models
+        self._scored_by = m
+        return m.score(features, lengths)
+
     def _prepare(self, image: np.ndarray) -> np.ndarray:
         """One frame -> encoder input [3,S,S]; runs in the camera's reader thread."""
         return np.asarray(self.models.preprocess([image]))[0]  # float32, or uint8 crops for a Triton encoder
@@ -224,30 +284,68 @@ class Service:
         return emit
 
     def _on_embeddings(self, embeddings: list[SnippetEmbedding]) -> None:
-        """Encoder worker: each embedding into its camera's window; full windows to the head queue."""
+        """Encoder worker: each embedding into its camera's window; full windows to the head queue.
+
+        After a swap to a bundle with another encoder, a batch the old encoder embedded is dropped, and
+        each camera's window restarts empty with its first embedding from the new one."""
         now = time.monotonic()
-        for e in embeddings:
-            cam = self.cameras.get(e.camera)
-            if cam is None or not cam.enabled:
-                continue  # removed or disabled while its snippets were queued
-            job = cam.push_embedding(e, now)
-            if job is not None:
-                self.head_queue.put(job)
+        with self._swap_lock:
+            by = self._embedded_by
+            current = BundleIds.of(by.bundle).encoder
+            if by is not self.models and current != self.bundle_ids.encoder:
+                for e in embeddings:
+                    self.metrics.dropped("swap", e.camera)
+                return
+            for e in embeddings:
+                cam = self.cameras.get(e.camera)
+                if cam is None or not cam.enabled:
+                    continue  # removed or disabled while its snippets were queued
+                if self._encoder_of.setdefault(e.camera, current) != current:
+                    last = self._last_frame.get(e.camera)
+                    if e.frame is not None and last is not None and e.frame.index == last:
+                        self.metrics.dropped("swap", e.camera)  # the old encoder's vector, reused for a filled snippet
+                        continue
+                    self._reset_window(cam)
+                    self._encoder_of[e.camera] = current
+                    self._stale_before[e.camera] = e.index
+                if e.frame is not None:
+                    self._last_frame[e.camera] = e.frame.index
+                if self.feedback is not None:
+                    self.feedback.on_embedding(e)
+                job = cam.push_embedding(e, now)
+                if job is not None:
+                    self.head_queue.put(job)
+
+    def _reset_window(self, cam: CameraPipeline) -> None:
+        """Encoder thread: the camera's window restarts empty (its rows came from another encoder)."""
+        w = cam.window
+        cam.window = EmbeddingWindow(w.length, w.lookahead, camera=cam.name, max_window=self.max_window)
+        log.info("camera %s: window restarted after the encoder changed", cam.name)
 
     def _on_scores(self, scores: Sequence[WindowScore]) -> None:
         """Head worker: metrics, score feeds, evidence (peak frame), the camera's machine, then events."""
         now = time.time()
-        keys, names = self.models.scored_classes()
+        models = self._scored_by
+        keys, names = models.scored_classes()
+        bundle_id = self.bundle_ids.short if models is self.models else BundleIds.of(models.bundle).short
         for ws in scores:
             cam = self.cameras.get(ws.camera)
             if cam is None or not cam.enabled:
                 continue
+            if ws.newest_index < self._stale_before.get(ws.camera, -1):
+                self.metrics.dropped("swap", ws.camera)  # a window of the old encoder's rows
+                continue
             if cam.machine.class_names != list(keys):  # categories changed: between two batches
                 with cam.lock:
                     cam.machine.set_classes(keys, names)
+            if cam.machine.bundle != bundle_id:  # a bundle swap: events say which bundle scored them
+                with cam.lock:
+                    cam.machine.bundle = bundle_id
+                    cam.machine.model_info = {**cam.machine.model_info, "name": models.bundle.name,
+                                              "hash": _short_hash(models.bundle)}
             lag = now - ws.newest_end_time
             self.metrics.scored(ws.camera, ws.score, lag)
-            category, category_score = self.models.category(ws.class_probs)
+            category, category_score = models.category(ws.class_probs)
             for sink in self.sinks:
                 try:
                     sink.publish_score(ws.camera, ws.score, category, ws.end_time)
@@ -265,6 +363,11 @@ class Service:
                 events = []
             for ev in events:
                 self._emit(ev)
+            if self.feedback is not None:
+                self.feedback.on_score(ws.camera, ws.index, ws.score, cam.events.off_threshold,
+                                       cam.machine.open_event_id is not None)
+                if events:
+                    self.feedback.on_events(events)
             cam.note_score(ws, category, lag)
 
     def _print(self, line: str) -> None:
@@ -334,8 +437,80 @@ class Service:
         Raises ``CategoryError`` naming the problem; the running list is then unchanged.
         """
         cats = self.models.set_categories(edit)
+        self._categories_edit = edit
         log.info("categories now: %s", ", ".join(cats.names))
         return cats
+
+    # --------------------------------------------------------------------- feedback and bundle swap
+    def mark_event(self, event_id: str, kind: str, category: str | None = None) -> dict[str, Any]:
+        """Store an operator's mark of an event (``stream.feedback.FeedbackControl``; last mark wins)."""
+        from stream.feedback import FeedbackError
+
+        if self.feedback is None:
+            raise FeedbackError("feedback is off in this deployment (feedback.enabled: false)", status=409)
+        res = self.feedback.store.mark(event_id, kind, category)
+        log.info("feedback: event %s marked %s (%s)%s%s", event_id, kind, res.label,
+                 "; replaces the earlier mark " + str(res.replaced) if res.replaced else "",
+                 "; applied when the event ends" if res.state == "waiting" else "")
+        return res.to_dict()
+
+    def feedback_status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"enabled": self.feedback is not None, "bundle": self.bundle_ids.to_dict(),
+                               "swaps": self.swaps}
+        fb = self.feedback
+        if fb is not None:
+            out.update(fb.store.stats())
+            out.update(captured=fb.captured, lost=fb.lost, normal_samples_taken=fb.samples,
+                       queue_dropped=fb.queue.dropped)
+        return out
+
+    def _load_and_try(self, mcfg: Any, windows: list[tuple[str, int]]) -> Models:
+        try:
+            new = Models.load(mcfg)
+            if self._categories_edit is not None:
+                new.set_categories(self._categories_edit)
+        except DsanetError as exc:
+            raise SwapError(f"bundle {mcfg.bundle}: {exc}") from None
+        except Exception as exc:  # a runtime's own error types: the bundle is refused all the same
+            raise SwapError(f"bundle {mcfg.bundle}: cannot load it ({type(exc).__name__}: {redact(exc)})") from None
+        check_compatible(self.models.bundle, new.bundle, windows)
+        try_models(new, max((n for _, n in windows), default=1))
+        return new
+
+    def swap_bundle(self, path: str) -> dict[str, Any]:
+        """Switch every camera to another bundle without restarting them (docs/feedback.md).
+
+        The new bundle is loaded with the running model settings, warmed up and tried (``stream.feedback.
+        swap``) while the old one keeps scoring; then one assignment switches both workers at their next
+        batch. With another encoder, every window restarts empty (rows of two encoders never mix) and the
+        old encoder's batches and windows still in flight are dropped (``dsanet_dropped_total{stage="swap"}``).
+        Raises ``SwapError`` naming the problem; the running bundle is then unchanged.
+        """
+        with self._control:
+            if self._shut:
+                raise SwapError("the service is shutting down")
+            t0 = time.monotonic()
+            mcfg = self.cfg.model.model_copy(update={"bundle": str(path)})
+            windows = [(c.name, c.window.length) for c in self.cameras.values()]
+            new = run_niced(lambda: self._load_and_try(mcfg, windows))
+            ids, old = BundleIds.of(new.bundle), self.bundle_ids
+            same_encoder = ids.encoder is not None and ids.encoder == old.encoder
+            with self._swap_lock:
+                self.models = new
+                self.bundle_ids = ids
+                self.cfg = self.cfg.model_copy(update={"model": mcfg})
+                self.model_info.update(name=new.bundle.name, hash=_short_hash(new.bundle))
+                self.swaps += 1
+                if not same_encoder:
+                    for name in self.cameras:
+                        self._stale_before[name] = math.inf  # until its first row from the new encoder
+                    if self.feedback is not None:
+                        self.feedback.reset()
+            took = time.monotonic() - t0
+            log.info("bundle: now %s (head %s) after %.2f s of loading and trying it%s", ids.name, ids.short,
+                     took, "" if same_encoder else "; the encoder differs, so every camera's window restarts")
+            return {"bundle": ids.to_dict(), "previous": old.to_dict(), "encoder_changed": not same_encoder,
+                    "windows_reset": not same_encoder, "load_seconds": round(took, 3)}
 
     def add_listener(self, listener: Listener) -> Callable[[], None]:
         return self.listeners.add(listener)
@@ -349,6 +524,10 @@ class Service:
         ev = cam.close(reason)
         if ev is not None:
             self._emit(ev)
+        if self.feedback is not None:
+            if ev is not None:
+                self.feedback.on_events([ev])
+            self.feedback.forget_camera(cam.name)
 
     # ----------------------------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -371,6 +550,8 @@ class Service:
         for ev in self.journal.recover(now=time.time()):
             log.warning("camera %s: event %s was left open by a previous run; ending it", ev.camera, ev.id)
             self.delivery.submit(ev)
+        if self.feedback is not None:
+            self.feedback.start()
         self.encoder.start()
         self.head.start()
         self.calibrator.start()
@@ -504,7 +685,12 @@ class Service:
             ev = cam.close(REASON_SHUTDOWN)
             if ev is not None:
                 self._emit(ev)
+                if self.feedback is not None:
+                    self.feedback.on_events([ev])
         t = mark("events", t)
+        if self.feedback is not None:
+            self.feedback.stop(timeout=left(1.0))  # waiting captures are cut from what the rings hold
+            t = mark("feedback", t)
         if self.evidence is not None:
             # keep ~1 s of the budget for the sinks; held ends not written by then go out without evidence
             self.evidence.stop(timeout=max(0.5, deadline - time.monotonic() - 1.0))

@@ -252,7 +252,7 @@ def test_json_schema_and_iso_times() -> None:
     d = json.loads(e.to_json())
     assert list(d) == ["schema", "id", "seq", "type", "camera", "category", "category_key", "category_score",
                        "score", "peak_score", "start_time", "end_time", "updated_time", "snippets", "model",
-                       "evidence", "reason"]
+                       "evidence", "reason", "bundle"]
     assert d["start_time"] == "2026-11-29T07:00:02.346Z" and ISO.match(d["updated_time"])
     assert d["end_time"] is None and d["model"] == MODEL and d["type"] == "start"
     back = Event.from_dict(d)

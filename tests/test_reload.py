@@ -57,7 +57,10 @@ def test_plan_global_thresholds_enable_flags_and_restart_sections() -> None:
     assert plan.disable == ("a",)
     # c overrides on_threshold, so only the cameras that follow the global section change
     assert sorted(plan.thresholds) == [("a", 0.5, 0.4), ("b", 0.5, 0.4), ("d", 0.5, 0.4)]
-    assert plan.restart_needed == ("model",)
+    assert plan.restart_needed == () and plan.bundle == "/models/y"  # a bundle change is a live swap
+    other = BASE.replace("model: {bundle: /models/x}", "model: {bundle: /models/y, runtime: torch}")
+    mixed = plan_reload(_cfg(BASE), _cfg(other))
+    assert mixed.restart_needed == ("model",) and mixed.bundle is None  # with another runtime: a restart
     timing = BASE.replace("events: {on_threshold: 0.6, off_threshold: 0.4}",
                           "events: {on_threshold: 0.6, off_threshold: 0.4, hold: 9}")
     assert sorted(c.name for c in plan_reload(_cfg(BASE), _cfg(timing)).restart) == ["a", "b", "c", "d"]

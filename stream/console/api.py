@@ -22,6 +22,9 @@ from stream.calibrator import CalibrationUnavailable
 from stream.console.store import score_dict
 from stream.control import CameraSnapshot
 from stream.events import EventError, parse_iso_utc
+from stream.feedback.control import FeedbackControl, parse_mark
+from stream.feedback.store import FeedbackError
+from stream.feedback.swap import SwapError
 from stream.reload import ChangeError
 
 if TYPE_CHECKING:
@@ -212,6 +215,42 @@ def routes(console: Console) -> list[Route]:
             return error(409, str(exc))
         return JSONResponse({"camera": name, "calibration": desc}, status_code=202)
 
+    def feedback_control() -> FeedbackControl:
+        ctl = console.control
+        if not isinstance(ctl, FeedbackControl):
+            raise ChangeError("this service offers no feedback or bundle control", status=404)
+        return ctl
+
+    async def mark(request: Request) -> Response:
+        eid = request.path_params["id"]
+        body = await _body(request)
+        ctl = feedback_control()
+        try:
+            eid, kind, category = parse_mark(body, eid)
+            res = await run_in_threadpool(ctl.mark_event, eid, kind, category)
+        except FeedbackError as exc:
+            raise ChangeError(str(exc), status=exc.status) from None
+        return JSONResponse(res, status_code=202 if res["state"] == "waiting" else 200)
+
+    async def feedback(request: Request) -> Response:
+        return JSONResponse(await run_in_threadpool(feedback_control().feedback_status))
+
+    async def bundle(request: Request) -> Response:
+        st = await run_in_threadpool(feedback_control().feedback_status)
+        return JSONResponse({"bundle": st["bundle"], "swaps": st["swaps"]})
+
+    async def swap(request: Request) -> Response:
+        body = await _body(request)
+        if not isinstance(body, dict) or set(body) != {"path"} or not isinstance(body["path"], str) \
+                or not body["path"]:
+            raise ChangeError('expected {"path": "<bundle directory>"}', status=400)
+        ctl = feedback_control()
+        try:
+            res = await run_in_threadpool(live.swap_bundle, ctl, body["path"])
+        except SwapError as exc:
+            raise ChangeError(str(exc), status=422) from None
+        return JSONResponse(res)
+
     async def reload(request: Request) -> Response:
         rep = await run_in_threadpool(live.reload)
         return JSONResponse(rep.to_dict(), status_code=200 if not rep.errors else 422)
@@ -229,6 +268,10 @@ def routes(console: Console) -> list[Route]:
         Route(f"{API}/events/{{id}}", guarded(event), methods=["GET"]),
         Route(f"{API}/stream", guarded(stream), methods=["GET"]),
         Route(f"{API}/reload", guarded(reload), methods=["POST"]),
+        Route(f"{API}/events/{{id}}/feedback", guarded(mark), methods=["POST"]),
+        Route(f"{API}/feedback", guarded(feedback), methods=["GET"]),
+        Route(f"{API}/bundle", guarded(bundle), methods=["GET"]),
+        Route(f"{API}/bundle", guarded(swap), methods=["POST"]),
     ]
 
 

@@ -119,6 +119,7 @@ class EventMachine:
             self.display_names = [str(d) for d in display_names]
         info = dict(model_info or {})
         self.model_info = {"name": info.get("name"), "hash": info.get("hash"), **info}
+        self.bundle: str | None = None  # the events' ``bundle`` field: set by the service, per scoring bundle
         # ``clock`` is accepted for API symmetry but never used for event logic: times come from scores.
         self._clock = clock
         self._id_factory = id_factory or default_event_id
@@ -317,6 +318,7 @@ class EventMachine:
             model=dict(self.model_info),
             evidence=None,
             reason=reason,
+            bundle=self.bundle,
         )
         self._seq += 1
         return ev

@@ -45,6 +45,7 @@ class Event:
     model: Mapping[str, Any] = field(default_factory=dict)  # {"name": ..., "hash": ...}
     evidence: Mapping[str, Any] | None = None
     reason: str | None = None  # set on end events
+    bundle: str | None = None  # the bundle that scored it: first 12 hex digits of its head file's sha256
 
     def to_dict(self) -> dict[str, Any]:
         """The documented JSON object (key order fixed for readable logs)."""
@@ -66,6 +67,7 @@ class Event:
             "model": dict(self.model),
             "evidence": dict(self.evidence) if self.evidence is not None else None,
             "reason": self.reason,
+            "bundle": self.bundle,
         }
 
     def to_json(self) -> str:
@@ -96,6 +98,7 @@ class Event:
                 model=dict(d.get("model") or {}),
                 evidence=dict(d["evidence"]) if d.get("evidence") is not None else None,
                 reason=d.get("reason"),
+                bundle=None if d.get("bundle") is None else str(d["bundle"]),
             )
         except EventError:
             raise

@@ -12,6 +12,9 @@
   (state ``<prefix>/<camera>/alarm``, retained ``ON`` from a confirmed start until its end, then ``OFF``)
   and ``<discovery_prefix>/sensor/dsanet_<slug>/{score,category}/config`` (from the score topic), one
   device per camera, available while ``<prefix>/available`` is ``online``.
+- ``<prefix>/feedback/set`` (``commands: true`` and feedback on): operator marks, JSON
+  ``{"event_id", "mark": "false_alarm"|"confirmed", "category"?}`` (docs/feedback.md); each gets an answer
+  on ``<prefix>/feedback/result`` (QoS 1): the stored mark, or ``{"ok": false, "error", "status"}``.
 paho's own network thread reconnects with capped backoff; the spool worker waits while disconnected.
 """
 
@@ -23,6 +26,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +85,15 @@ class MqttSink(Sink):
         self._announced: set[str] = set()  # cameras whose discovery went out on the current connection
         self._known: set[str] = set()
         self._alarms: dict[str, str] = {}  # camera -> ON/OFF, republished with the discovery
+        self.feedback_topic = f"{self.prefix}/feedback/set"
+        self.feedback_result_topic = f"{self.prefix}/feedback/result"
+        self._feedback: Callable[[bytes], dict[str, Any]] | None = None
+        self.commands_handled = 0
+
+    def set_feedback_handler(self, handler: Callable[[bytes], dict[str, Any]]) -> None:
+        """Subscribe to ``<prefix>/feedback/set`` and answer each message with ``handler(payload)``."""
+        if self.mqtt_cfg.commands:
+            self._feedback = handler
 
     def score_topic(self, camera: str) -> str:
         return f"{self.prefix}/{camera}/anomaly"
@@ -144,6 +157,7 @@ class MqttSink(Sink):
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
         c.on_connect_fail = self._on_connect_fail
+        c.on_message = self._on_message
         self._client = c
         try:
             c.connect_async(self.host, self.port, keepalive=self.keepalive)
@@ -162,6 +176,8 @@ class MqttSink(Sink):
         self.last_error = None
         self._connected.set()  # before "online": whoever sees "online" may rely on scores flowing
         client.publish(self.available_topic, ONLINE, qos=1, retain=True)
+        if self._feedback is not None:
+            client.subscribe(self.feedback_topic, qos=1)
         if self.home_assistant:
             with self._score_lock:
                 self._announced.clear()
@@ -169,6 +185,20 @@ class MqttSink(Sink):
             for camera in known:
                 self._announce(camera)
         log.info("sink %s: connected to MQTT broker %s:%d", self.name, self.host, self.port)
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        """A feedback command (paho's thread): handled at once, answered on the result topic."""
+        handler = self._feedback
+        if handler is None or msg.topic != self.feedback_topic:
+            return
+        try:
+            res = handler(bytes(msg.payload))
+        except Exception as exc:  # the handler answers errors itself; this is a bug's last resort
+            log.error("sink %s: feedback command failed: %s", self.name, exc)
+            res = {"ok": False, "error": f"internal error: {type(exc).__name__}", "status": 500}
+        self.commands_handled += 1
+        client.publish(self.feedback_result_topic, json.dumps(res, separators=(",", ":"), ensure_ascii=False),
+                       qos=1, retain=False)
 
     def _on_connect_fail(self, client: Any, userdata: Any) -> None:
         self.last_error = f"cannot reach MQTT broker {self.host}:{self.port}"

@@ -272,6 +272,7 @@ async function openEvent(id) {
   } else {
     video.hidden = true; video.removeAttribute("src"); $("#no-clip").hidden = false;
   }
+  markedId = ev.id; $("#fb-result").textContent = "";
   dlg.showModal();
   const cam = cams.get(ev.camera);
   const s = (cam && cam.snap) || {};
@@ -283,6 +284,21 @@ async function openEvent(id) {
   drawCurve($("#curve"), pts, t0, t1, s.on_threshold, s.off_threshold, [start, end]);
   if (ev.clip_url) video.play().catch(() => {});
 }
+
+// Feedback marks (docs/feedback.md): stored with the event's embeddings for `dsanet finetune`; last mark wins.
+let markedId = null;
+async function mark(kind) {
+  const body = {mark: kind};
+  const cat = $("#fb-category").value;
+  if (kind === "confirmed" && cat) body.category = cat;
+  try {
+    const r = await api(`/events/${encodeURIComponent(markedId)}/feedback`, {method: "POST", body: JSON.stringify(body)});
+    $("#fb-result").textContent = (r.state === "waiting" ? `stored when the event ends as ${r.label}` : `stored as ${r.label}`) +
+      (r.replaced ? ` (replaces ${r.replaced.label})` : "");
+  } catch (e) { $("#fb-result").textContent = e.message; }
+}
+$("#fb-confirm").addEventListener("click", () => mark("confirmed"));
+$("#fb-false").addEventListener("click", () => mark("false_alarm"));
 
 $("#event-dialog").addEventListener("close", () => $("#clip").pause());
 $("#event-filter").addEventListener("change", () => loadEvents(false));
@@ -339,6 +355,7 @@ async function start() {
     $("#model").textContent = [m.name && `model ${m.name}`, st.version && `v${st.version}`,
       st.config_file && `config ${st.config_file}`].filter(Boolean).join(" · ");
     showPersist(st.persist_note);
+    for (const c of st.categories || []) $("#fb-category").append(new Option(c, c));
   } catch (e) { /* shown by the feed badge */ }
   await refreshCameras();
   await loadEvents(false).catch(() => {});
