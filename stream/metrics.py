@@ -76,6 +76,9 @@ class Metrics:
         self.queue_depth = Gauge("dsanet_queue_depth", "Items waiting in a work queue.", ["queue"], registry=r)
         self.evidence_c = Counter("dsanet_evidence", "Evidence files per camera, kind (snapshot, clip) and result "
                                   "(ok, failed, dropped).", ["camera", "kind", "result"], registry=r)
+        self.reused_c = Counter("dsanet_embeddings_reused", "Snippets whose frame matched the camera's last "
+                                "embedded frame (still-scene gate) and reused its embedding instead of the "
+                                "encoder.", ["camera"], registry=r)
         self._lock = threading.Lock()
         self._liveness: dict[str, Callable[[], float]] = {}
         self._states: dict[str, CameraState] = {}
@@ -90,6 +93,7 @@ class Metrics:
         self.reconnects.labels(camera)
         self.decode_errors.labels(camera)
         self.frames_lost_c.labels(camera)
+        self.reused_c.labels(camera)
         self.camera_state(camera, CameraState.STOPPED)
 
     def camera_state(self, camera: str, state: CameraState) -> None:
@@ -116,6 +120,9 @@ class Metrics:
 
     def dropped(self, stage: str, camera: str = "", n: int = 1) -> None:
         self.dropped_c.labels(stage, camera).inc(n)
+
+    def embedding_reused(self, camera: str, n: int = 1) -> None:
+        self.reused_c.labels(camera).inc(n)
 
     # ---------------------------------------------------------------------------------- model side
     def inference_done(self, model: str, seconds: float, batch: int) -> None:
