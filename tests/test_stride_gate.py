@@ -308,24 +308,38 @@ def test_service_gate_reuses_on_a_still_scene_and_still_embeds_the_brief_event(t
     embs: dict[str, list] = {"gated": [], "plain": []}
     orig = svc._on_embeddings
     svc.encoder.on_embeddings = lambda es: ([embs[e.camera].append(e) for e in es], orig(es))
+    gate = svc.cameras["gated"].gate
+    assert gate is not None
+    decisions: list[bool] = []  # the gate's answer for each snippet of the camera, in order
+    still = gate.still
+
+    def recording(image: np.ndarray) -> tuple[bool, np.ndarray]:
+        out = still(image)
+        decisions.append(out[0])
+        return out
+
+    gate.still = recording  # type: ignore[method-assign]
     assert svc.run(duration=120, install_signals=False) == 0
     assert svc.cameras["plain"].gate is None  # off unless enabled
     text = svc.metrics.render().decode()
     assert 'dsanet_embeddings_reused_total{camera="plain"} 0.0' in text
     g = embs["gated"]
-    same = [bool(np.array_equal(a.embedding, b.embedding)) for a, b in zip(g, g[1:], strict=False)]
-    reused = sum(same)
+    assert len(decisions) == len(g)
+    reused = sum(decisions)
     assert reused >= len(g) // 4  # a still scene mostly reuses (not before the first scores are back)
-    assert f'dsanet_embeddings_reused_total{{camera="gated"}} {float(svc.encoder.gated)}' in text
     assert svc.encoder.gated == reused
+    assert f'dsanet_embeddings_reused_total{{camera="gated"}} {float(reused)}' in text
+    for i, r in enumerate(decisions):  # a reused snippet carries the previous snippet's vector
+        if r:
+            np.testing.assert_array_equal(g[i].embedding, g[i - 1].embedding)
     run = longest = 0
-    for s in same:
-        run = run + 1 if s else 0
+    for r in decisions:
+        run = run + 1 if r else 0
         longest = max(longest, run)
     assert longest <= 3  # capped by max_reuse
     # the snippets whose embedded frame shows the moving bar were embedded fresh
     t0 = g[0].start_time
-    during = [i for i, e in enumerate(g) if i and e.frame is not None and ev[0] <= e.frame.capture_time - t0 < ev[1]]
+    during = [i for i, e in enumerate(g) if e.frame is not None and ev[0] <= e.frame.capture_time - t0 < ev[1]]
     assert during
     for i in during:
-        assert not same[i - 1], f"snippet {g[i].index} during the event reused an embedding"
+        assert not decisions[i], f"snippet {g[i].index} during the event reused an embedding"
