@@ -23,9 +23,11 @@ from dataclasses import dataclass, field
 from stream.config import CameraConfig, EventsConfig
 from stream.control import CameraSnapshot
 from stream.events import Event, EventMachine
+from stream.gate import StillGate
 from stream.reader import CameraReader, CameraState
 from stream.redact import redact_url
 from stream.snippets import SnippetCutter
+from stream.stride import StrideController
 from stream.types import SnippetEmbedding, WindowScore
 from stream.window import EmbeddingWindow, WindowJob
 
@@ -64,7 +66,8 @@ class CameraPipeline:
     """Reader -> cutter -> (shared encoder) -> window -> (shared head) -> event machine, for one camera."""
 
     def __init__(self, cfg: CameraConfig, events: EventsConfig, reader: CameraReader, cutter: SnippetCutter,
-                 window: EmbeddingWindow, machine: EventMachine) -> None:
+                 window: EmbeddingWindow, machine: EventMachine, stride: StrideController | None = None,
+                 gate: StillGate | None = None) -> None:
         self.cfg = cfg
         self.name = cfg.name
         self.events = events
@@ -72,6 +75,8 @@ class CameraPipeline:
         self.cutter = cutter
         self.window = window
         self.machine = machine
+        self.stride = stride  # adaptive head stride (None: every snippet scored)
+        self.gate = gate  # still-scene gate of the encoder (None: off)
         self.status = CameraStatus()
         self.enabled = cfg.enabled
         self.lock = threading.Lock()
@@ -85,7 +90,13 @@ class CameraPipeline:
     def push_score(self, ws: WindowScore) -> list[Event]:
         """Head worker: feed the event machine; returns the events this score causes."""
         with self.lock:
-            return self.machine.push(ws)
+            events = self.machine.push(ws)
+            if self.stride is not None:
+                busy = self.machine.state != EventMachine.IDLE
+                self.window.stride = self.stride.observe(ws.score, ws.ahead_max, self.events.on_threshold, busy)
+                if self.gate is not None:
+                    self.gate.calm = self.stride.calm
+            return events
 
     def note_score(self, ws: WindowScore, category: str | None, lag: float) -> None:
         """Head worker, after the score's events went out: a status line never precedes its alert."""

@@ -142,6 +142,42 @@ class WindowOverride(_Model):
     lookahead: int | None = Field(None, ge=0, le=64, description="This camera's lookahead in snippets.")
 
 
+class ScoringConfig(_Model):
+    """How often the head scores a camera's window (adaptive head stride, docs/shortcuts.md)."""
+
+    adaptive_stride: int = Field(1, ge=1, le=16, description=(
+        "Largest head stride k: while a camera is calm, its window is scored every k-th snippet and the k "
+        "rows it now covers are read out (each snippet still gets exactly one score, up to (k-1) snippets "
+        "later). 1 = score every snippet (off)."))
+    stride_margin: float = Field(0.2, ge=0, le=1, description=(
+        "A camera counts as calm while no event is pending or open and every score of its last windows "
+        "stays below on_threshold - stride_margin; otherwise it is scored every snippet."))
+
+
+class StillGateConfig(_Model):
+    """Still-scene gating of the encoder: reuse the last embedding while nothing in the picture moved."""
+
+    enabled: bool = Field(False, description="Compare each snippet's frame with the camera's last embedded frame "
+                          "and reuse that embedding when they match (off by default).")
+    threshold: float = Field(4.0, gt=0, le=255, description=(
+        "Largest change of any cell's mean luma (0-255 levels, 16x9 grid of cells) at which two frames count "
+        "as the same scene."))
+    max_reuse: int = Field(4, ge=1, le=1000, description="Most snippets in a row that may reuse one embedding; "
+                           "the next is embedded fresh.")
+
+
+if TYPE_CHECKING:
+    ScoringOverride = ScoringConfig
+    StillGateOverride = StillGateConfig
+else:
+    ScoringOverride = _overrides_of(
+        ScoringConfig, "ScoringOverride",
+        "Per-camera override of the scoring section; unset fields keep the global value.")
+    StillGateOverride = _overrides_of(
+        StillGateConfig, "StillGateOverride",
+        "Per-camera override of the still_gate section; unset fields keep the global value.")
+
+
 if TYPE_CHECKING:
     EventsOverride = EventsConfig
 else:
@@ -184,6 +220,8 @@ class CameraConfig(_Model):
     window: WindowOverride | None = Field(None, description="Overrides of the global window section for this camera.")
     events: EventsOverride | None = Field(None, description="Overrides of the global events section for this camera.")
     calibration: CalibrationOverride | None = Field(None, description="Overrides of the global calibration section for this camera.")
+    scoring: ScoringOverride | None = Field(None, description="Overrides of the global scoring section for this camera.")
+    still_gate: StillGateOverride | None = Field(None, description="Overrides of the global still_gate section for this camera.")
 
     @field_validator("name")
     @classmethod
@@ -473,6 +511,8 @@ class DeploymentConfig(_Model):
     model: ModelConfig = Field(description="Model bundle and runtime.")
     window: WindowConfig = Field(default_factory=WindowConfig, description="Sliding window of snippet embeddings.")
     events: EventsConfig = Field(default_factory=EventsConfig, description="Event thresholds and timing.")
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig, description="Adaptive head stride.")
+    still_gate: StillGateConfig = Field(default_factory=StillGateConfig, description="Still-scene gating of the encoder.")
     ingest: IngestConfig = Field(default_factory=IngestConfig, description="Stream opening, timeouts and reconnects.")
     sinks: list[SinkConfig] = Field(default_factory=list, description="Where alert events go; each chosen by type.")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus metrics and health endpoints.")
@@ -502,6 +542,12 @@ class DeploymentConfig(_Model):
             w = self.window_for(cam)
             if w.lookahead >= w.length:
                 raise ValueError(f"cameras[{i}].window: lookahead ({w.lookahead}) must be smaller than length ({w.length})")
+            sc = self.scoring_for(cam)
+            if w.lookahead + sc.adaptive_stride > w.length:
+                key = f"cameras[{i}].scoring.adaptive_stride" if cam.scoring is not None and \
+                    cam.scoring.adaptive_stride is not None else "scoring.adaptive_stride"
+                raise ValueError(f"{key}: {sc.adaptive_stride} plus the window's lookahead ({w.lookahead}) must "
+                                 f"be at most window.length ({w.length}) for camera {cam.name!r}")
             if cam.events is not None:  # the merged settings are validated here, once, at load
                 self.events.derive(cam.events.model_dump(exclude_none=True), f"cameras[{i}].events")
         return self
@@ -542,6 +588,18 @@ class DeploymentConfig(_Model):
         if camera.calibration is None:
             return self.calibration
         return self.calibration.model_copy(update=camera.calibration.model_dump(exclude_none=True))
+
+    def scoring_for(self, camera: CameraConfig) -> ScoringConfig:
+        """The global scoring section with this camera's overrides applied."""
+        if camera.scoring is None:
+            return self.scoring
+        return self.scoring.model_copy(update=camera.scoring.model_dump(exclude_none=True))
+
+    def still_gate_for(self, camera: CameraConfig) -> StillGateConfig:
+        """The global still_gate section with this camera's overrides applied."""
+        if camera.still_gate is None:
+            return self.still_gate
+        return self.still_gate.model_copy(update=camera.still_gate.model_dump(exclude_none=True))
 
     def sink_name(self, index: int) -> str:
         s = self.sinks[index]

@@ -78,6 +78,9 @@ class Metrics:
                                   "(ok, failed, dropped).", ["camera", "kind", "result"], registry=r)
         self.threshold_g = Gauge("dsanet_threshold", "A camera's event thresholds now in force (kind: on, off); "
                                  "calibration or the API may change them.", ["camera", "kind"], registry=r)
+        self.reused_c = Counter("dsanet_embeddings_reused", "Snippets whose frame matched the camera's last "
+                                "embedded frame (still-scene gate) and reused its embedding instead of the "
+                                "encoder.", ["camera"], registry=r)
         self._lock = threading.Lock()
         self._liveness: dict[str, Callable[[], float]] = {}
         self._states: dict[str, CameraState] = {}
@@ -92,6 +95,7 @@ class Metrics:
         self.reconnects.labels(camera)
         self.decode_errors.labels(camera)
         self.frames_lost_c.labels(camera)
+        self.reused_c.labels(camera)
         self.camera_state(camera, CameraState.STOPPED)
 
     def thresholds(self, camera: str, on: float, off: float) -> None:
@@ -122,6 +126,9 @@ class Metrics:
 
     def dropped(self, stage: str, camera: str = "", n: int = 1) -> None:
         self.dropped_c.labels(stage, camera).inc(n)
+
+    def embedding_reused(self, camera: str, n: int = 1) -> None:
+        self.reused_c.labels(camera).inc(n)
 
     # ---------------------------------------------------------------------------------- model side
     def inference_done(self, model: str, seconds: float, batch: int) -> None:

@@ -47,8 +47,8 @@ from stream.redact import redact
 
 log = logging.getLogger(__name__)
 
-RESTART_SECTIONS = ("model", "window", "ingest", "sinks", "metrics", "http", "evidence", "spool", "logging",
-                   "feedback")
+RESTART_SECTIONS = ("model", "window", "scoring", "still_gate", "ingest", "sinks", "metrics", "http", "evidence",
+                    "spool", "logging", "feedback")
 _EVENT_TIMINGS = ("min_duration", "hold", "cooldown", "update_interval")
 
 
@@ -86,7 +86,7 @@ def _camera_key(cfg: DeploymentConfig, cam: CameraConfig) -> tuple[Any, ...]:
     """Everything about a camera except enabled and thresholds; a change here needs a reader restart."""
     ev = cfg.events_for(cam)
     return (cam.url, cam.transport, cam.loop, cam.realtime, cfg.window_for(cam),
-            tuple(getattr(ev, k) for k in _EVENT_TIMINGS))
+            tuple(getattr(ev, k) for k in _EVENT_TIMINGS), cfg.scoring_for(cam), cfg.still_gate_for(cam))
 
 
 def plan_reload(old: DeploymentConfig, new: DeploymentConfig) -> ReloadPlan:

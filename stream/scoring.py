@@ -22,6 +22,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
+from stream.gate import StillGate
 from stream.redact import redact
 from stream.types import Snippet, SnippetEmbedding, WindowScore
 from stream.window import WindowJob, score_jobs
@@ -110,6 +111,8 @@ class WorkerMetrics:
 
     def dropped(self, stage: str, camera: str = "", n: int = 1) -> None: ...
 
+    def embedding_reused(self, camera: str, n: int = 1) -> None: ...
+
     def queue(self, name: str, depth: int) -> None: ...
 
 
@@ -165,7 +168,10 @@ class EncoderWorker(_Worker):
     """Snippets -> embeddings. ``preprocess(list of HxWx3 uint8) -> [B,3,S,S]``; ``embed([B,3,S,S]) -> [B,D]``.
 
     A snippet whose frame is the same as the previous snippet's of that camera (a filled snippet, see
-    :mod:`stream.snippets`) reuses that embedding instead of running the encoder again.
+    :mod:`stream.snippets`) reuses that embedding instead of running the encoder again. With a
+    still-scene gate (``gate_for(camera)`` returns the camera's :class:`stream.gate.StillGate`), a frame
+    that matches the camera's last embedded frame reuses its embedding too (counted by
+    ``metrics.embedding_reused``).
     """
 
     model = "encoder"
@@ -173,39 +179,65 @@ class EncoderWorker(_Worker):
     def __init__(self, queue: DropOldestQueue[Snippet], embed: Callable[[np.ndarray], np.ndarray],
                  preprocess: Callable[[list[np.ndarray]], np.ndarray],
                  on_embeddings: Callable[[list[SnippetEmbedding]], None], max_batch: int = 16,
-                 max_wait: float = 0.05, metrics: Any = None):
+                 max_wait: float = 0.05, metrics: Any = None,
+                 gate_for: Callable[[str], StillGate | None] | None = None):
         super().__init__(queue, max_batch, max_wait, metrics, name="encoder-worker")
         self.embed, self.preprocess, self.on_embeddings = embed, preprocess, on_embeddings
+        self.gate_for = gate_for
         self._last: dict[str, tuple[int, np.ndarray]] = {}  # camera -> (frame index, embedding)
-        self.reused = 0
+        self.reused = 0  # repeated frames (filled snippets)
+        self.gated = 0  # still-scene reuses
 
     def process(self, batch: list[Snippet]) -> None:
         todo: list[Snippet] = []
-        seen: set[tuple[str, int]] = set()
+        # per snippet, where its vector comes from: ("new", position in todo) or ("old", vector)
+        source: list[tuple[str, Any]] = []
+        # camera -> (frame index, source) of its latest snippet so far, this batch included
+        cur: dict[str, tuple[int, tuple[str, Any]]] = {
+            cam: (idx, ("old", vec)) for cam, (idx, vec) in self._last.items()}
+        gated: list[str] = []
+        pending_refs: list[tuple[StillGate, np.ndarray]] = []
         for s in batch:
-            key = (s.camera, s.frame.index)
-            last = self._last.get(s.camera)
-            if key in seen or (last is not None and last[0] == s.frame.index):
-                continue
-            seen.add(key)
-            todo.append(s)
+            prev = cur.get(s.camera)
+            if prev is not None and prev[0] == s.frame.index:
+                self.reused += 1
+                src = prev[1]
+            else:
+                gate = self.gate_for(s.camera) if self.gate_for is not None else None
+                reuse, thumb = gate.still(s.frame.image) if gate is not None else (False, None)
+                if reuse and prev is not None:
+                    gated.append(s.camera)
+                    src = prev[1]
+                else:
+                    if gate is not None and thumb is not None:
+                        gate.embedded(thumb)
+                        pending_refs.append((gate, thumb))
+                    src = ("new", len(todo))
+                    todo.append(s)
+            cur[s.camera] = (s.frame.index, src)
+            source.append(src)
         if todo:
             if all(s.pixels is not None for s in todo):  # prepared in the readers' threads
                 pixels = np.stack([s.pixels for s in todo if s.pixels is not None])
             else:
                 pixels = self.preprocess([s.frame.image for s in todo])
             t0 = time.monotonic()
-            emb = np.asarray(self.embed(pixels), dtype=np.float32)
+            try:
+                emb = np.asarray(self.embed(pixels), dtype=np.float32)
+            except Exception:
+                for gate, _ in pending_refs:  # those references have no embedding: forget them
+                    gate.reset()
+                raise
             self.metrics.inference_done(self.model, time.monotonic() - t0, len(todo))
-            fresh = {(s.camera, s.frame.index): emb[i] for i, s in enumerate(todo)}
         else:
-            fresh = {}
-        self.reused += len(batch) - len(todo)
+            emb = np.zeros((0, 0), dtype=np.float32)
+        self.gated += len(gated)
+        for cam in gated:
+            self.metrics.embedding_reused(cam)
         now = time.monotonic()
         out: list[SnippetEmbedding] = []
-        for s in batch:
-            key = (s.camera, s.frame.index)
-            vec = fresh[key] if key in fresh else self._last[s.camera][1]
+        for s, (kind, ref) in zip(batch, source, strict=True):
+            vec = emb[ref] if kind == "new" else ref
             self._last[s.camera] = (s.frame.index, vec)
             out.append(SnippetEmbedding(camera=s.camera, index=s.index, start_time=s.start_time,
                                         end_time=s.end_time, embedding=vec, frame=s.frame, encoded_monotonic=now))

@@ -68,6 +68,7 @@ from stream.events import (
     OpenEventJournal,
 )
 from stream.feedback.swap import BundleIds, SwapError, check_compatible, run_niced, try_models
+from stream.gate import StillGate
 from stream.listeners import ListenerHub
 from stream.metrics import Metrics, MetricsServer
 from stream.models import Models
@@ -76,6 +77,7 @@ from stream.redact import redact
 from stream.scoring import DropOldestQueue, EncoderWorker, HeadWorker
 from stream.sinks.base import Sink
 from stream.snippets import SnippetCutter, SnippetSpec
+from stream.stride import StrideController
 from stream.types import CameraSnapshot, ScoreRecord, Snippet, SnippetEmbedding, WindowJob, WindowScore
 from stream.window import EmbeddingWindow
 
@@ -142,7 +144,7 @@ class Service:
         self.encoder = EncoderWorker(self.encoder_queue, self._embed, self._preprocess_batch,
                                      self._on_embeddings, max_batch=max(1, min(m.encoder_batch,
                                                                                self.models.encoder_max_batch)),
-                                     max_wait=m.encoder_max_wait, metrics=self.metrics)
+                                     max_wait=m.encoder_max_wait, metrics=self.metrics, gate_for=self._gate_for)
         self.head = HeadWorker(self.head_queue, self._score, self._on_scores,
                                max_batch=max(1, min(m.head_batch, self.models.head_max_batch)),
                                max_wait=m.head_max_wait, metrics=self.metrics)
@@ -200,9 +202,14 @@ class Service:
         if wcfg.length > self.max_window:
             raise DsanetError(f"camera {cam.name!r}: window.length {wcfg.length} is longer than the bundle's "
                               f"max_window {self.max_window}")
+        scfg, gcfg = self.cfg.scoring_for(cam), self.cfg.still_gate_for(cam)
+        if wcfg.lookahead + scfg.adaptive_stride > wcfg.length:
+            raise DsanetError(f"camera {cam.name!r}: scoring.adaptive_stride {scfg.adaptive_stride} plus lookahead "
+                              f"{wcfg.lookahead} is more than window.length {wcfg.length}")
         if enabled:
             ecfg = self._calibrated(cam, ecfg)
-        window = EmbeddingWindow(wcfg.length, wcfg.lookahead, camera=cam.name, max_window=self.max_window)
+        window = EmbeddingWindow(wcfg.length, wcfg.lookahead, camera=cam.name, max_window=self.max_window,
+                                 max_stride=scfg.adaptive_stride)
         cutter = SnippetCutter(cam.name, self.spec, self._snippet_emitter(cam.name), prepare=self._prepare)
         ring = None
         if self.evidence is not None and enabled:
@@ -212,7 +219,8 @@ class Service:
         keys, names = self.models.current_classes()
         machine = EventMachine(cam.name, ecfg, list(keys), list(names), model_info=self.model_info)
         machine.bundle = self.bundle_ids.short
-        pipeline = CameraPipeline(cam, ecfg, reader, cutter, window, machine)
+        pipeline = CameraPipeline(cam, ecfg, reader, cutter, window, machine, stride=StrideController(scfg),
+                                  gate=StillGate(gcfg) if gcfg.enabled else None)
         pipeline.enabled = enabled
         if enabled:
             self.metrics.register_camera(cam.name)
@@ -231,6 +239,11 @@ class Service:
             self._calibration_listening = True  # scores reach the calibrator off the head thread
             self.listeners.add(self.calibrator.on_record)
         return out
+
+    def _gate_for(self, camera: str) -> StillGate | None:
+        """Encoder worker: the camera's still-scene gate, if it has one."""
+        cam = self.cameras.get(camera)
+        return cam.gate if cam is not None else None
 
     def _ring_seconds(self, ecfg: EventsConfig, lookahead: int) -> float:
         """Seconds of packets a camera keeps: the pre-roll plus how late a start event can be known
@@ -319,7 +332,10 @@ class Service:
     def _reset_window(self, cam: CameraPipeline) -> None:
         """Encoder thread: the camera's window restarts empty (its rows came from another encoder)."""
         w = cam.window
-        cam.window = EmbeddingWindow(w.length, w.lookahead, camera=cam.name, max_window=self.max_window)
+        cam.window = EmbeddingWindow(w.length, w.lookahead, camera=cam.name, max_window=self.max_window,
+                                     max_stride=w.max_stride)
+        if cam.gate is not None:
+            cam.gate.reset()  # its last embedding came from the old encoder
         log.info("camera %s: window restarted after the encoder changed", cam.name)
 
     def _on_scores(self, scores: Sequence[WindowScore]) -> None:

@@ -70,6 +70,9 @@ class WindowScore:
     newest_index: int  # newest snippet index in the window when it was scored
     newest_end_time: float  # capture time of the end of the newest snippet (for lag)
     frame: Frame | None = field(default=None, repr=False)
+    # highest score of the rows newer than the read-out ones in the same window (not yet reported: they
+    # have seen less future); an early hint for the adaptive stride. None when no row is newer.
+    ahead_max: float | None = None
 
 
 @dataclass(frozen=True)

@@ -59,18 +59,34 @@ class EmbeddingWindow:
     """
 
     def __init__(self, length: int, lookahead: int = DEFAULT_LOOKAHEAD, camera: str = "",
-                 max_window: int = DEFAULT_MAX_WINDOW):
+                 max_window: int = DEFAULT_MAX_WINDOW, max_stride: int = 1):
         if not 1 <= length <= max_window:
             raise ValueError(f"window length must be in 1..{max_window}, got {length}")
         if not 0 <= lookahead < length:
             raise ValueError(f"lookahead must be in 0..{length - 1} (smaller than the window), got {lookahead}")
+        if not 1 <= max_stride <= length - lookahead:
+            raise ValueError(f"adaptive_stride must be in 1..{length - lookahead} (window length minus lookahead), "
+                             f"got {max_stride}")
         self.length, self.lookahead, self.camera = length, lookahead, camera
+        self.max_stride = max_stride
+        self._stride = 1
         self._emb: deque[np.ndarray] = deque(maxlen=length)
         self._info: deque[RowInfo] = deque(maxlen=length)
         # frames only for rows still to be reported: full-size images for a whole window would be large
-        self._frames: deque[Frame | None] = deque(maxlen=lookahead + 1)
-        self._unreported = 0  # newest rows not yet reported (<= lookahead between pushes)
+        self._frames: deque[Frame | None] = deque(maxlen=lookahead + max_stride)
+        self._unreported = 0  # newest rows not yet reported (< lookahead + stride between pushes)
         self.pushed = 0
+        self.jobs = 0  # head jobs made (one per head pass this camera costs)
+
+    @property
+    def stride(self) -> int:
+        """Rows a job reads out while the camera is calm (1 = every snippet). Set from the head thread
+        (``stream.stride.StrideController``), read at the next push: a plain int, so no lock is needed."""
+        return self._stride
+
+    @stride.setter
+    def stride(self, k: int) -> None:
+        self._stride = max(1, min(int(k), self.max_stride))
 
     def __len__(self) -> int:
         return len(self._emb)
@@ -97,11 +113,14 @@ class EmbeddingWindow:
         self._frames.append(frame)
         self.pushed += 1
         self._unreported += 1
-        if self._unreported <= self.lookahead:
+        if self._unreported < self.lookahead + self._stride:
             return None
-        self._unreported -= 1
-        pos = len(self._emb) - 1 - self.lookahead
-        return self._job((pos,), now)
+        # every row older than the lookahead is read out now: one row at stride 1, k rows at stride k, and
+        # all that were waiting when the stride has just dropped back to 1 (so none is skipped or repeated)
+        n_out = self._unreported - self.lookahead
+        self._unreported = self.lookahead
+        last = len(self._emb) - 1 - self.lookahead
+        return self._job(tuple(range(last - n_out + 1, last + 1)), now)
 
     def flush(self, now: float = 0.0) -> WindowJob | None:
         """Report the rows no later window will cover (end of stream / shutdown)."""
@@ -121,6 +140,7 @@ class EmbeddingWindow:
             return frames[k] if 0 <= k < len(frames) else None
 
         newest = self._info[-1]
+        self.jobs += 1
         return WindowJob(camera=self.camera, features=self.features(), readout=positions,
                          rows=tuple(self._info[p] for p in positions),
                          frames=tuple(frame_at(p) for p in positions),
@@ -143,12 +163,14 @@ def pad_batch(windows: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 def job_scores(job: WindowJob, scores: np.ndarray, class_probs: np.ndarray) -> list[WindowScore]:
     """Turn the head's output rows for one window (``scores [T]``, ``class_probs [T, C]``) into records."""
     out = []
+    after = max(job.readout) + 1 if job.readout else job.length
+    ahead = float(np.max(scores[after: job.length])) if after < job.length else None
     for pos, info, frame in zip(job.readout, job.rows, job.frames, strict=True):
         out.append(WindowScore(camera=job.camera, index=info.index, start_time=info.start_time,
                                end_time=info.end_time, score=float(scores[pos]),
                                class_probs=tuple(float(x) for x in class_probs[pos]),
                                newest_index=job.newest_index, newest_end_time=job.newest_end_time,
-                               frame=frame))
+                               frame=frame, ahead_max=ahead))
     return out
 
 

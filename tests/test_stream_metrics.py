@@ -31,6 +31,7 @@ DOCUMENTED = {
     "dsanet_sink_spool_depth": ["sink"],
     "dsanet_build_info": ["version", "bundle", "runtime"],
     "dsanet_threshold": ["camera", "kind"],
+    "dsanet_embeddings_reused_total": ["camera"],
 }
 
 
@@ -43,6 +44,7 @@ def populated() -> Metrics:
     m.reconnect("front door")
     m.snippet("front door", 3)
     m.dropped("encoder", "front door", 2)
+    m.embedding_reused("front door", 3)
     m.scored("front door", 0.73, 0.41)
     m.inference_done("encoder", 0.02, 8)
     m.inference_done("head", 0.003, 2)
