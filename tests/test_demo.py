@@ -86,8 +86,10 @@ def test_demo_builds_once_and_the_service_alerts_with_a_category(tmp_path: Path)
 
     # Every scripted event is named right and held: the same clip, bundle and deployment config scored
     # offline (`dsanet score` runs the live windowing and event code) give exactly one event per scripted
-    # span, starting inside it (allowing the lookahead, 4 snippets of 16/30 s, ~2.1 s, before it and the
-    # hold, 2 s, plus one snippet after its end), whose every record (start, updates, end) names the
+    # span, starting inside it (allowing, before it, the lookahead plus the snippet that holds the event's
+    # first frame, 5 snippets of 16/30 s, ~2.7 s: a score is read once the 4 snippets after it are in, and
+    # they may already show the event; after its end, the hold, 2 s, plus one snippet), whose every record
+    # (start, updates, end) names the
     # span's class with a category confidence >= 0.5, and no event anywhere else.
     offline = tmp_path / "offline.jsonl"
     snippets = tmp_path / "offline.csv"
@@ -97,7 +99,7 @@ def test_demo_builds_once_and_the_service_alerts_with_a_category(tmp_path: Path)
     assert res.returncode == 0, res.stderr[-2000:]
     records = [json.loads(line) for line in offline.read_text().splitlines()]
     summary = summarise(records, snippets)
-    before, after = 4 * 16 / 30 + 0.1, 2.0 + 16 / 30 + 0.1
+    before, after = 5 * 16 / 30 + 0.1, 2.0 + 16 / 30 + 0.1
     for ev in summary:
         assert any(span.start - before <= ev["start_s"] <= span.end + after for span in CAMERA_EVENTS), \
             (ev, [(s.start, s.end) for s in CAMERA_EVENTS])

@@ -6,8 +6,8 @@ frames and from the other classes:
 
 - ``Explosion``: a yellow-white fireball that fills most of the frame within a second, with flicker;
 - ``Fighting``: a close-up of two large saturated red figures jittering violently, the scene reddened;
-- ``RoadAccidents``: two cyan-white cars that streak across the frame and collide under teal warning
-  light, with shake and debris.
+- ``RoadAccidents``: two cyan-white cars that streak across the frame and collide under bright cyan
+  warning light, with shake and debris.
 
 The tiny random CLIP the demo trains on responds mostly to colour and coverage, not to shapes: with
 small events on a grey scene its embeddings of a road accident and of a calm frame had cosine 0.997,
@@ -112,17 +112,17 @@ class SceneRenderer:
         img += (self.rng.standard_normal(img.shape[:2], dtype=_F) * _F(0.06))[..., None]
 
     def _accident(self, img: np.ndarray, u: float) -> None:
-        # two cyan-white cars crash head-on under teal warning lights; the camera shakes, debris flies
-        img[:] = img * _c(0.15, 0.6, 0.6) + _c(0.0, 0.45, 0.45)
+        # two cyan-white cars crash head-on under bright cyan warning light; the camera shakes, debris flies
+        img[:] = img * _c(0.1, 0.2, 0.2) + _c(0.25, 0.85, 0.9)
         shake = 0.03 * self.rng.standard_normal(2)
         for k, (y, speed) in enumerate(((0.4, 1.0), (0.62, -1.3))):
             cx = (0.5 + speed * (u - 0.5) * 1.4) if u < 0.5 else 0.5 + 0.02 * k
             x_lo, x_hi = (int(np.clip(v, 0, 1) * self.w) for v in (cx + shake[0] - 0.22, cx + shake[0] + 0.22))
             y_lo, y_hi = (int(np.clip(v, 0, 1) * self.h) for v in (y + shake[1] - 0.13, y + shake[1] + 0.13))
-            img[y_lo:y_hi, x_lo:x_hi] = _c(0.75, 1.0, 1.0) if k == 0 else _c(0.0, 0.85, 0.8)
+            img[y_lo:y_hi, x_lo:x_hi] = _c(0.9, 1.0, 1.0) if k == 0 else _c(0.0, 0.6, 0.7)
         if u >= 0.5:  # debris after the impact
             sparks = self.rng.random(img.shape[:2], dtype=_F) > 0.97
-            img[sparks] = _c(0.6, 1.0, 1.0)
+            img[sparks] = _c(1.0, 1.0, 1.0)
 
     def frame(self, i: int) -> np.ndarray:
         """Frame ``i`` as H x W x 3 RGB uint8."""
@@ -162,7 +162,10 @@ def write_video(path: str | Path, seconds: float, events: Sequence[EventSpan] = 
     with av.open(str(path), mode="w") as out:
         stream = out.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"preset": "ultrafast", "tune": "zerolatency", "g": str(gop or fps)}
+        # one slice per frame: x264's zerolatency tune cuts frames into slices (sliced threads), and the
+        # local RTSP path (gst-rtsp-server -> FFmpeg) then delivered half-decoded frames to the reader
+        stream.options = {"preset": "ultrafast", "tune": "zerolatency", "g": str(gop or fps),
+                          "x264-params": "sliced-threads=0:slices=1"}
         for img in renderer.frames(int(round(seconds * fps))):
             if scale > 1:
                 img = np.repeat(np.repeat(img, scale, axis=0), scale, axis=1)
