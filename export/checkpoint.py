@@ -23,7 +23,7 @@ import torch
 from engine.atomic import atomic_write
 from engine.errors import CheckpointError, DsanetError
 from engine.model import DSANet, DSANetConfig, ModelConfigError, build_model, text_width_of
-from engine.model.config import UCF_PROMPTS, XD_PROMPTS
+from engine.model.config import XD_PROMPTS
 from export.data import class_names
 from export.train_config import TrainConfig
 
@@ -38,7 +38,8 @@ def model_config_for(cfg: TrainConfig, text_width: int, snippet: dict[str, Any] 
     m = cfg.model
     frames = int(snippet["snippet_frames"]) if snippet else cfg.data.snippet_frames
     fps = float(snippet["snippet_fps"]) if snippet else cfg.data.snippet_fps
-    prompts = UCF_PROMPTS if cfg.preset == "ucf" else XD_PROMPTS
+    # each class described by its class word (UCF-layout words lower-cased, as DSANet's UCF prompts)
+    prompts = XD_PROMPTS if cfg.preset == "xd" else [[c.lower()] for c in class_names(cfg.preset)]
     return DSANetConfig(
         preset=cfg.preset, class_names=class_names(cfg.preset), class_prompts=[list(p) for p in prompts],
         embed_dim=m.visual_width, visual_length=m.visual_length, visual_width=m.visual_width,

@@ -44,7 +44,7 @@ MAX_LEN = DEFAULT_MAX_WINDOW  # training sequence length: the head's largest win
 SNIPPET_FRAMES = DEFAULT_SNIPPET_FRAMES
 SNIPPET_INFO_FILE = "snippets.json"
 
-PRESETS = ("ucf", "xd")
+PRESETS = ("ucf", "xd", "demo")
 
 # Raw label -> prompt word, in class order (index 0 = normal). VadCLIP/DSANet training label maps.
 LABEL_MAPS: dict[str, dict[str, str]] = {
@@ -58,19 +58,30 @@ LABEL_MAPS: dict[str, dict[str, str]] = {
         "A": "normal", "B1": "fighting", "B2": "shooting", "B4": "riot", "B5": "abuse", "B6": "car accident",
         "G": "explosion",
     },
+    # The embedded demo (`dsanet prepare-demo`): normal plus the three classes its camera scripts, in the
+    # UCF-Crime layout (single-label lists, crop 5 for test, Temporal_Anomaly_Annotation.txt).
+    "demo": {"Normal": "normal", "Explosion": "explosion", "Fighting": "fighting", "RoadAccidents": "roadAccidents"},
 }
+# Which benchmark's file layout (labels, lists, ground truth) each preset follows.
+LAYOUT = {"ucf": "ucf", "xd": "xd", "demo": "ucf"}
 # The raw label that marks a normal video in each data set.
-NORMAL_LABEL = {"ucf": "Normal", "xd": "A"}
+NORMAL_LABEL = {"ucf": "Normal", "xd": "A", "demo": "Normal"}
 # The crop the official test lists use.
-TEST_CROP = {"ucf": 5, "xd": 0}
+TEST_CROP = {"ucf": 5, "xd": 0, "demo": 5}
 # File names of the official lists (under DIR/list/).
-LIST_FILES = {"ucf": ("ucf_CLIP_rgb.csv", "ucf_CLIP_rgbtest.csv"), "xd": ("xd_CLIP_rgb.csv", "xd_CLIP_rgbtest.csv")}
+LIST_FILES = {"ucf": ("ucf_CLIP_rgb.csv", "ucf_CLIP_rgbtest.csv"), "xd": ("xd_CLIP_rgb.csv", "xd_CLIP_rgbtest.csv"),
+              "demo": ("ucf_CLIP_rgb.csv", "ucf_CLIP_rgbtest.csv")}
 
 
 def check_preset(preset: str) -> str:
     if preset not in PRESETS:
         raise DataError(f"unknown data preset {preset!r}: expected one of {', '.join(PRESETS)}")
     return preset
+
+
+def layout(preset: str) -> str:
+    """The benchmark layout a preset's data follows: ``ucf`` (single-label) or ``xd`` (multi-label codes)."""
+    return LAYOUT[check_preset(preset)]
 
 
 def class_names(preset: str) -> list[str]:
@@ -308,10 +319,11 @@ def batch_labels(labels: Sequence[str], preset: str) -> np.ndarray:
     lmap = LABEL_MAPS[check_preset(preset)]
     index = {raw: i for i, raw in enumerate(lmap)}
     out = np.zeros((len(labels), len(lmap)), dtype=np.float32)
+    single = layout(preset) == "ucf"
     for b, label in enumerate(labels):
-        if preset == "ucf":
+        if single:
             if label not in index:
-                raise DataError(f"unknown UCF-Crime label {label!r}: expected one of {', '.join(lmap)}")
+                raise DataError(f"unknown {preset} label {label!r}: expected one of {', '.join(lmap)}")
             out[b, index[label]] = 1.0
         else:
             tokens = [t for t in label.split("-") if t != "0"]

@@ -22,8 +22,8 @@ from export.data import check_preset, class_names, raw_classes
 from export.gt import SEGMENT_NORMAL_LABEL, GroundTruth
 from export.metrics import IOUS, UCF_CLASSLIST, XD_CLASSLIST, detection_maps, frame_auc_ap
 
-CLASSLISTS = {"ucf": UCF_CLASSLIST, "xd": XD_CLASSLIST}
-HEADLINE = {"ucf": "auc", "xd": "ap"}
+CLASSLISTS = {"ucf": UCF_CLASSLIST, "xd": XD_CLASSLIST, "demo": raw_classes("demo")}
+HEADLINE = {"ucf": "auc", "xd": "ap", "demo": "auc"}
 
 
 def evaluate_outputs(scores: Sequence[np.ndarray], class_probs: Sequence[np.ndarray], gt: GroundTruth,

@@ -36,13 +36,22 @@ from typing import Any
 import numpy as np
 
 from engine.errors import DataError
-from export.data import NORMAL_LABEL, SNIPPET_FRAMES, ListRow, check_preset, feature_length, raw_classes
+from export.data import (
+    NORMAL_LABEL,
+    SNIPPET_FRAMES,
+    ListRow,
+    check_preset,
+    feature_length,
+    layout,
+    raw_classes,
+)
 
 log = logging.getLogger(__name__)
 
 GT_FILES = {
     "ucf": ("gt_ucf.npy", "gt_segment_ucf.npy", "gt_label_ucf.npy"),
     "xd": ("gt.npy", "gt_segment.npy", "gt_label.npy"),
+    "demo": ("gt_ucf.npy", "gt_segment_ucf.npy", "gt_label_ucf.npy"),
 }
 UCF_ANNOTATIONS = "Temporal_Anomaly_Annotation.txt"
 XD_ANNOTATIONS = "annotations.txt"
@@ -199,7 +208,7 @@ def build_ground_truth(preset: str, test_rows: Sequence[ListRow], annotation_fil
         lengths = [feature_length(r.path) for r in test_rows]
     if len(lengths) != len(test_rows):
         raise DataError(f"{len(lengths)} lengths for {len(test_rows)} test rows")
-    if preset == "ucf":
+    if layout(preset) == "ucf":
         ucf = parse_ucf_annotations(ann_path)
     else:
         xd = parse_xd_annotations(ann_path)
@@ -217,7 +226,7 @@ def build_ground_truth(preset: str, test_rows: Sequence[ListRow], annotation_fil
             labels.append([SEGMENT_NORMAL_LABEL])
             frames.append(vec[:-SNIPPET_FRAMES])
             continue
-        if preset == "ucf":
+        if layout(preset) == "ucf":
             if name not in ucf:
                 raise DataError(f"test video {name} ({row.path}) has no line in annotation file {ann_path}")
             cls, segs = ucf[name]
@@ -326,9 +335,9 @@ def load_ground_truth(preset: str, data_root: str | os.PathLike[str], test_rows:
     def build() -> GroundTruth:
         nonlocal built
         if built is None:
-            ann_name = UCF_ANNOTATIONS if preset == "ucf" else XD_ANNOTATIONS
+            ann_name = UCF_ANNOTATIONS if layout(preset) == "ucf" else XD_ANNOTATIONS
             ann = _find(root, ann_name)
-            multi = _find(root, XD_MULTICLASS_ANNOTATIONS) if preset == "xd" else None
+            multi = _find(root, XD_MULTICLASS_ANNOTATIONS) if layout(preset) == "xd" else None
             if ann is None and multi is not None:
                 ann = multi
             if ann is None:

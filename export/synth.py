@@ -7,6 +7,7 @@ data reads this too:
 
 ```
 DIR/snippets.json                        snippet timing (16 frames at 30 fps UCF, 24 fps XD)
+                                         (the demo preset: UCF's layout with the demo's 4 classes)
 DIR/list/ucf_CLIP_rgb.csv                train: 10 crops __0..__9 per video, anomalous by class, then Normal
 DIR/list/ucf_CLIP_rgbtest.csv            test: crop __5 only (XD: xd_CLIP_rgb*.csv, crop __0 only)
 DIR/list/Temporal_Anomaly_Annotation.txt (XD: annotations.txt and annotations_multiclasses.txt)
@@ -41,6 +42,7 @@ from export.data import (
     TEST_CROP,
     ListRow,
     check_preset,
+    layout,
     raw_classes,
     write_list,
     write_snippet_info,
@@ -54,7 +56,7 @@ from export.gt import (
     write_xd_annotations,
 )
 
-SNIPPET_FPS = {"ucf": 30.0, "xd": 24.0}
+SNIPPET_FPS = {"ucf": 30.0, "xd": 24.0, "demo": 30.0}
 CROPS = 10
 NOISE = 0.03  # per-dimension noise of a snippet
 VIDEO_OFFSET = 0.05
@@ -138,7 +140,7 @@ def _plan(preset: str, n_videos: int, rng: np.random.Generator, test_fraction: f
     videos: list[SynthVideo] = []
     codes_of: dict[str, list[str]] = {}  # event classes of each anomalous video, one segment each
     for i in range(n_abnormal):
-        if preset == "ucf":
+        if layout(preset) == "ucf":
             cls = classes[i % len(classes)]
             codes = [cls] * (2 if rng.random() < 0.3 else 1)
             name, folder, label = f"{cls}{i // len(classes) + 1:03d}_x264", cls, cls
@@ -152,7 +154,7 @@ def _plan(preset: str, n_videos: int, rng: np.random.Generator, test_fraction: f
         videos.append(SynthVideo(name=name, folder=folder, label=label, length=_length(rng)))
         codes_of[name] = codes
     for i in range(n_normal):
-        if preset == "ucf":
+        if layout(preset) == "ucf":
             name, folder = f"Normal_Videos{i + 1:03d}_x264", "Normal_Videos"
         else:
             name, folder = f"synth_n{i:04d}_label_A", ""
@@ -172,7 +174,7 @@ def _plan(preset: str, n_videos: int, rng: np.random.Generator, test_fraction: f
     test_norm[0].length = MAX_LEN
     for v in abnormal:
         v.segments = _segments(rng, v.length, codes_of[v.name])
-    if preset == "ucf":
+    if layout(preset) == "ucf":
         for v in normal:  # official layout: separate train/test folders, test names with an underscore
             if v.split == "test":
                 v.folder, v.name = "Testing_Normal_Videos_Anomaly", v.name.replace("Videos", "Videos_")
@@ -228,7 +230,7 @@ def synth_features(out: str | os.PathLike[str], preset: str = "ucf", videos: int
 
     by_name = {v.name: v for v in plan}
     test_videos = [by_name[Path(p).name.rsplit("__", 1)[0]] for p, _ in test_rows]
-    if preset == "ucf":
+    if layout(preset) == "ucf":
         ann = write_ucf_annotations(list_dir / "Temporal_Anomaly_Annotation.txt", [
             (v.name, v.label if v.segments else "Normal",
              [(s * SNIPPET_FRAMES, e * SNIPPET_FRAMES) for _, s, e in v.segments]) for v in test_videos])

@@ -135,7 +135,8 @@ class EvalSection(_Strict):
 class TrainConfig(_Strict):
     """One training preset (see configs/train/ucf.yaml)."""
 
-    preset: Literal["ucf", "xd"] = Field(description="Benchmark layout: class list, labels, ground truth, mAP.")
+    preset: Literal["ucf", "xd", "demo"] = Field(description="Benchmark layout: class list, labels, ground truth, mAP "
+                                                             "(demo: the embedded demo's 4 classes, UCF layout).")
     epochs: int = Field(10, ge=1, description="Epochs (official max_epoch 10).")
     seed: int = Field(234, description="Seed of torch, numpy and the data order (official 234).")
     deterministic: bool = Field(False, description="torch.use_deterministic_algorithms(True) (the official code "

@@ -29,6 +29,7 @@ def _free_port() -> int:
 
 
 def test_demo_builds_once_and_the_service_alerts_with_a_category(tmp_path: Path) -> None:
+    from export.data import LABEL_MAPS
     from export.demo import CAMERA_EVENTS, build_demo
 
     # one build shared by every run of the suite on this checkout (it trains for minutes the first time;
@@ -78,20 +79,60 @@ def test_demo_builds_once_and_the_service_alerts_with_a_category(tmp_path: Path)
     assert any(e["type"] == "end" for e in events)  # ended by the event's end or by the shutdown
     assert "ALERT" in out or first.label in out or starts[0]["category"] in out
 
-    # The alerts fall inside the clip's scripted spans: the same clip, bundle and deployment config scored
-    # offline (`dsanet score` runs the live windowing and event code), every event's start lies in one
-    # of CAMERA_EVENTS, allowing the lookahead (4 snippets of 16/30 s, ~2.1 s) before it and the hold
-    # (2 s) plus one snippet after its end.
+    # the live run names the first scripted event right (the 32 s run reaches only the explosion)
+    first_key = LABEL_MAPS["demo"][first.label]
+    assert [e["category_key"] for e in events if e["id"] == starts[0]["id"]] and \
+        all(e["category_key"] == first_key for e in events if e["id"] == starts[0]["id"]), events
+
+    # Every scripted event is named right and held: the same clip, bundle and deployment config scored
+    # offline (`dsanet score` runs the live windowing and event code) give exactly one event per scripted
+    # span, starting inside it (allowing, before it, the lookahead plus the snippet that holds the event's
+    # first frame, 5 snippets of 16/30 s, ~2.7 s: a score is read once the 4 snippets after it are in, and
+    # they may already show the event; after its end, the hold, 2 s, plus one snippet), whose every record
+    # (start, updates, end) names the
+    # span's class with a category confidence >= 0.5, and no event anywhere else.
     offline = tmp_path / "offline.jsonl"
+    snippets = tmp_path / "offline.csv"
     res = subprocess.run([sys.executable, "-m", "stream.cli", "score", str(demo / "camera.mp4"), "-c", str(cfg_path),
-                          "-q", "--events", str(offline)], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=300)
+                          "-q", "--events", str(offline), "--csv", str(snippets)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    offline_starts = [json.loads(line) for line in offline.read_text().splitlines()
-                      if json.loads(line)["type"] == "start"]
-    assert offline_starts, res.stdout
-    before, after = 4 * 16 / 30 + 0.1, 2.0 + 16 / 30 + 0.1
-    for e in offline_starts:
-        t = e["video"]["start_s"]
-        assert any(span.start - before <= t <= span.end + after for span in CAMERA_EVENTS), \
-            (t, [(s.start, s.end) for s in CAMERA_EVENTS])
+    records = [json.loads(line) for line in offline.read_text().splitlines()]
+    summary = summarise(records, snippets)
+    before, after = 5 * 16 / 30 + 0.1, 2.0 + 16 / 30 + 0.1
+    for ev in summary:
+        assert any(span.start - before <= ev["start_s"] <= span.end + after for span in CAMERA_EVENTS), \
+            (ev, [(s.start, s.end) for s in CAMERA_EVENTS])
+    for span in CAMERA_EVENTS:
+        inside = [ev for ev in summary if span.start - before <= ev["start_s"] <= span.end + after]
+        assert len(inside) == 1, (span, summary)
+        ev = inside[0]
+        assert ev["categories"] == [LABEL_MAPS["demo"][span.label]], (span, ev)  # stable through the event
+        assert ev["min_confidence"] >= 0.5, (span, ev)
+    assert len(summary) == len(CAMERA_EVENTS), summary
+
+
+def summarise(records: list[dict], snippets_csv: Path) -> list[dict]:
+    """Per event: start, categories named (in order, deduplicated), the category confidence of every record
+    (min and last = the mean over the event) and the per-snippet probability of its class inside it."""
+    import csv
+
+    with snippets_csv.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    out: dict[str, dict] = {}
+    for r in records:
+        ev = out.setdefault(r["id"], {"start_s": r["video"]["start_s"], "categories": [], "confidences": []})
+        if not ev["categories"] or ev["categories"][-1] != r["category_key"]:
+            ev["categories"].append(r["category_key"])
+        ev["confidences"].append(r["category_score"])
+        ev["category"] = r["category"]
+        ev["end_s"] = r["video"]["end_s"] if r["type"] == "end" else ev.get("end_s")
+    for ev in out.values():
+        ev["min_confidence"] = min(ev["confidences"])
+        ev["mean_confidence"] = ev["confidences"][-1]
+        end = ev["end_s"] if ev["end_s"] is not None else float("inf")
+        probs = [float(row[ev["category"]]) for row in rows
+                 if ev["start_s"] <= float(row["start_s"]) and float(row["end_s"]) <= end]
+        ev["snippet_prob_min"] = min(probs) if probs else None
+        ev["snippet_prob_mean"] = sum(probs) / len(probs) if probs else None
+    return sorted(out.values(), key=lambda e: e["start_s"])

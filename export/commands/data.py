@@ -44,7 +44,8 @@ def register(subparsers) -> None:  # noqa: ANN001 - argparse's private action ty
                     "under DIR/features, and DIR/snippets.json. Anomalous videos hold one or two segments "
                     "shifted along a per-class direction, so the class is learnable. Deterministic per seed.")
     p.add_argument("--out", required=True, help="output folder (created)")
-    p.add_argument("--preset", choices=("ucf", "xd"), default="ucf", help="UCF-Crime or XD-Violence layout")
+    p.add_argument("--preset", choices=("ucf", "xd", "demo"), default="ucf",
+                   help="UCF-Crime or XD-Violence layout (demo: the embedded demo's 4 classes, UCF layout)")
     p.add_argument("--videos", type=_positive_int, default=120, help="number of videos (>= 4; half normal)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--test-fraction", type=float, default=0.25, help="share of each group put in the test list")

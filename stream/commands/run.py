@@ -7,7 +7,11 @@ import json
 import logging
 import sys
 import time
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from stream.config import DeploymentConfig
 
 
 def register(subparsers: Any) -> None:
@@ -69,6 +73,19 @@ def run(args: argparse.Namespace) -> int:
         print(banner, flush=True)
     cfg = load_config(path)
     configure_logging(cfg.logging.level, cfg.logging.format)
+    from stream.demo_camera import serve_demo_camera
+
+    # the embedded demo's camera (a config playing the demo folder's camera.mp4) comes in over the local
+    # RTSP server when GStreamer is installed; any other config is returned unchanged
+    cfg, demo_server = serve_demo_camera(cfg)
+    try:
+        return _run_service(args, cfg, path)
+    finally:
+        if demo_server is not None:
+            demo_server.stop()
+
+
+def _run_service(args: argparse.Namespace, cfg: DeploymentConfig, path: Path) -> int:
     from stream.remote import watch_remote_encoder
     from stream.service import Service
     from stream.shard import apply_shard
