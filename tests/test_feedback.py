@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from export.data import LABEL_MAPS, load_features, read_list
-from stream.feedback.labels import RAW_LABELS, raw_labels
+from stream.feedback.labels import raw_labels
 from stream.feedback.store import Capture, FeedbackError, SiteData
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +40,7 @@ def _capture(eid: str, t: float, rows: int = 20, camera: str = "gate", predicted
     return Capture(eid, camera, feats, t, t + rows * 0.5, "ab" * 32, predicted, (4, rows - 5))
 
 
-@pytest.mark.parametrize("preset", sorted(RAW_LABELS))
+@pytest.mark.parametrize("preset", sorted(LABEL_MAPS))
 def test_raw_labels_equal_the_trainers_label_maps(preset: str) -> None:
     assert raw_labels(tuple(LABEL_MAPS[preset].values()), preset) == tuple(LABEL_MAPS[preset])
 

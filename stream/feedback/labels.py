@@ -2,7 +2,7 @@
 
 A bundle lists its classes by prompt word (``class_names``: ``normal``, ``fighting``, ``roadAccidents``),
 in class order; the training lists (``export/data.py`` ``LABEL_MAPS``) name them by raw label in the same
-order. The live side never imports ``export``, so the two presets' raw labels are repeated here and a test
+order. The live side never imports ``export``, so the presets' raw labels are repeated here and a test
 (tests/test_feedback.py) checks they equal ``LABEL_MAPS``. A bundle of another preset gets its class names
 with the first letter upper-cased (``fighting`` -> ``Fighting``; class 0 -> ``Normal``), which is the rule
 the UCF labels follow.
@@ -20,6 +20,8 @@ RAW_LABELS: dict[str, tuple[tuple[str, str], ...]] = {
             ("Vandalism", "vandalism")),
     "xd": (("A", "normal"), ("B1", "fighting"), ("B2", "shooting"), ("B4", "riot"), ("B5", "abuse"),
            ("B6", "car accident"), ("G", "explosion")),
+    "demo": (("Normal", "normal"), ("Explosion", "explosion"), ("Fighting", "fighting"),
+             ("RoadAccidents", "roadAccidents")),
 }
 
 
