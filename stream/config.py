@@ -145,6 +145,25 @@ else:
         "Per-camera override of the events section; unset fields keep the global value.")
 
 
+class CalibrationConfig(_Model):
+    """Per-camera thresholds learned from the camera's own scores (docs/calibration.md)."""
+
+    enabled: bool = Field(False, description="Learn this camera's on/off thresholds from its own scores.")
+    period: float = Field(86400.0, gt=0, allow_inf_nan=False, description="Seconds of scores a calibration learns from (the first one runs once this much is collected).")
+    target_per_day: float = Field(2.0, ge=0, allow_inf_nan=False, description="Alert starts per day the learned thresholds may give on the calibration scores.")
+    floor: float = Field(0.3, ge=0, le=1, description="The learned on_threshold is never below this.")
+    directory: str = Field("calibration", description="Folder for the learned thresholds (one JSON file per camera; re-loaded at start).")
+    max_samples: int = Field(200000, ge=16, le=2_000_000, description="Scores kept per camera (the newest; 8 bytes each).")
+
+
+if TYPE_CHECKING:
+    CalibrationOverride = CalibrationConfig
+else:
+    CalibrationOverride = _overrides_of(
+        CalibrationConfig, "CalibrationOverride",
+        "Per-camera override of the calibration section; unset fields keep the global value.")
+
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,63}$")
 
 
@@ -159,6 +178,7 @@ class CameraConfig(_Model):
     realtime: bool = Field(True, description="File sources: pace frames at the file's frame rate, like a live camera.")
     window: WindowOverride | None = Field(None, description="Overrides of the global window section for this camera.")
     events: EventsOverride | None = Field(None, description="Overrides of the global events section for this camera.")
+    calibration: CalibrationOverride | None = Field(None, description="Overrides of the global calibration section for this camera.")
 
     @field_validator("name")
     @classmethod
@@ -426,6 +446,7 @@ class DeploymentConfig(_Model):
     spool: SpoolConfig = Field(default_factory=SpoolConfig, description="On-disk spool for undelivered events.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Log level and format.")
     shard: ShardConfig | None = Field(None, description="Cameras shared among workers: this worker's index/count.")
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig, description="Per-camera thresholds learned from each camera's scores.")
 
     @model_validator(mode="after")
     def _unique(self) -> DeploymentConfig:
@@ -479,6 +500,12 @@ class DeploymentConfig(_Model):
         if camera.events is None:
             return self.events
         return self.events.derive(camera.events.model_dump(exclude_none=True), f"camera {camera.name!r}: events")
+
+    def calibration_for(self, camera: CameraConfig) -> CalibrationConfig:
+        """The global calibration section with this camera's overrides applied."""
+        if camera.calibration is None:
+            return self.calibration
+        return self.calibration.model_copy(update=camera.calibration.model_dump(exclude_none=True))
 
     def sink_name(self, index: int) -> str:
         s = self.sinks[index]
@@ -706,6 +733,7 @@ def resolve_paths(cfg: DeploymentConfig, base: Path) -> DeploymentConfig:
         "sinks": sinks,
         "evidence": cfg.evidence.model_copy(update={"directory": _resolve(base, cfg.evidence.directory)}),
         "spool": cfg.spool.model_copy(update={"directory": _resolve(base, cfg.spool.directory)}),
+        "calibration": cfg.calibration.model_copy(update={"directory": _resolve(base, cfg.calibration.directory)}),
     })
 
 
@@ -757,6 +785,11 @@ def summary(cfg: DeploymentConfig) -> str:
     e = cfg.events
     lines.append(f"events: on {e.on_threshold} / off {e.off_threshold}, min {e.min_duration}s, hold {e.hold}s, "
                  f"cooldown {e.cooldown}s")
+    cal = [c.name for c in cfg.cameras if cfg.calibration_for(c).enabled]
+    if cal:
+        k = cfg.calibration
+        lines.append(f"calibration: {', '.join(cal)} (period {k.period:g}s, target {k.target_per_day:g}/day, "
+                     f"floor {k.floor:g}, in {k.directory})")
     lines.append("sinks: " + (", ".join(f"{cfg.sink_name(i)} ({s.type})" for i, s in enumerate(cfg.sinks)) or "none"))
     met = cfg.metrics
     lines.append(f"metrics: {'http://' + cfg.http_host + ':' + str(cfg.http_port) + '/metrics' if met.enabled else 'off'}"

@@ -76,6 +76,8 @@ class Metrics:
         self.queue_depth = Gauge("dsanet_queue_depth", "Items waiting in a work queue.", ["queue"], registry=r)
         self.evidence_c = Counter("dsanet_evidence", "Evidence files per camera, kind (snapshot, clip) and result "
                                   "(ok, failed, dropped).", ["camera", "kind", "result"], registry=r)
+        self.threshold_g = Gauge("dsanet_threshold", "A camera's event thresholds now in force (kind: on, off); "
+                                 "calibration or the API may change them.", ["camera", "kind"], registry=r)
         self._lock = threading.Lock()
         self._liveness: dict[str, Callable[[], float]] = {}
         self._states: dict[str, CameraState] = {}
@@ -91,6 +93,10 @@ class Metrics:
         self.decode_errors.labels(camera)
         self.frames_lost_c.labels(camera)
         self.camera_state(camera, CameraState.STOPPED)
+
+    def thresholds(self, camera: str, on: float, off: float) -> None:
+        self.threshold_g.labels(camera, "on").set(on)
+        self.threshold_g.labels(camera, "off").set(off)
 
     def camera_state(self, camera: str, state: CameraState) -> None:
         with self._lock:

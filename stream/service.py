@@ -53,6 +53,7 @@ import numpy as np
 
 from engine.errors import DsanetError
 from stream import __version__
+from stream.calibrator import Calibrator
 from stream.camera import CameraPipeline, CameraRegistry, CameraStatus
 from stream.config import CameraConfig, DeploymentConfig, EventsConfig
 from stream.control import Listener
@@ -132,6 +133,8 @@ class Service:
                                max_batch=max(1, min(m.head_batch, self.models.head_max_batch)),
                                max_wait=m.head_max_wait, metrics=self.metrics)
         self.model_info = {"name": b.name, "hash": _short_hash(b)}
+        self.calibrator = Calibrator(self.spec.seconds, self.set_thresholds, self.model_info["hash"])
+        self._calibration_listening = False
 
         # the event path, built from its end: sinks <- delivery <- evidence stage <- camera machines
         spool_dir = Path(cfg.spool.directory)
@@ -173,6 +176,8 @@ class Service:
         if wcfg.length > self.max_window:
             raise DsanetError(f"camera {cam.name!r}: window.length {wcfg.length} is longer than the bundle's "
                               f"max_window {self.max_window}")
+        if enabled:
+            ecfg = self._calibrated(cam, ecfg)
         window = EmbeddingWindow(wcfg.length, wcfg.lookahead, camera=cam.name, max_window=self.max_window)
         cutter = SnippetCutter(cam.name, self.spec, self._snippet_emitter(cam.name), prepare=self._prepare)
         ring = None
@@ -186,12 +191,21 @@ class Service:
         pipeline.enabled = enabled
         if enabled:
             self.metrics.register_camera(cam.name)
+            self.metrics.thresholds(cam.name, ecfg.on_threshold, ecfg.off_threshold)
             # a reader whose thread has ended (file finished) is not stuck: it counts as live
             def progress(r: CameraReader = reader) -> float:
                 return r.heartbeat if r.alive else time.monotonic()
 
             self.metrics.add_liveness(f"reader:{cam.name}", progress)
         return pipeline
+
+    def _calibrated(self, cam: CameraConfig, ecfg: EventsConfig) -> EventsConfig:
+        """Track the camera's calibration (stream.calibrator); its learned thresholds when it has a file."""
+        out = self.calibrator.track(cam.name, self.cfg.calibration_for(cam), ecfg)
+        if self.calibrator.active and not self._calibration_listening:
+            self._calibration_listening = True  # scores reach the calibrator off the head thread
+            self.listeners.add(self.calibrator.on_record)
+        return out
 
     def _ring_seconds(self, ecfg: EventsConfig, lookahead: int) -> float:
         """Seconds of packets a camera keeps: the pre-roll plus how late a start event can be known
@@ -283,6 +297,7 @@ class Service:
         with self._control:
             cam = self.cameras.pop(name)
             self._stop_camera(cam, REASON_CAMERA_REMOVED)
+            self.calibrator.forget(name)
             if self.evidence is not None:
                 self.evidence.remove_camera(name)
             log.info("camera %s: removed", name)
@@ -306,6 +321,7 @@ class Service:
     def set_thresholds(self, name: str, on_threshold: float | None, off_threshold: float | None) -> None:
         cam = self.cameras.get_camera(name)
         new = cam.set_thresholds(on_threshold, off_threshold)
+        self.metrics.thresholds(name, new.on_threshold, new.off_threshold)
         if self.evidence is not None:
             self.evidence.set_threshold(name, new.on_threshold)
 
@@ -357,6 +373,7 @@ class Service:
             self.delivery.submit(ev)
         self.encoder.start()
         self.head.start()
+        self.calibrator.start()
         with self._control:
             cams = [c for c in self.cameras.values() if c.enabled]
             for cam in cams:
@@ -492,6 +509,7 @@ class Service:
             # keep ~1 s of the budget for the sinks; held ends not written by then go out without evidence
             self.evidence.stop(timeout=max(0.5, deadline - time.monotonic() - 1.0))
             t = mark("evidence", t)
+        self.calibrator.stop(timeout=0.1)
         self.listeners.stop(timeout=left(0.5))
         self.delivery.stop(timeout=max(0.5, deadline - time.monotonic() - 1.0))  # queued events reach the spools
         t = mark("event_writer", t)

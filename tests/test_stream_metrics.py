@@ -30,6 +30,7 @@ DOCUMENTED = {
     "dsanet_sink_deliveries_total": ["sink", "result"],
     "dsanet_sink_spool_depth": ["sink"],
     "dsanet_build_info": ["version", "bundle", "runtime"],
+    "dsanet_threshold": ["camera", "kind"],
 }
 
 
@@ -49,6 +50,7 @@ def populated() -> Metrics:
     m.sink_delivered("webhook", "delivered")
     m.spool_depth("webhook", 4)
     m.build_info("0.1.0", "tiny", "onnxruntime")
+    m.thresholds("front door", 0.62, 0.41)
     return m
 
 
@@ -76,6 +78,8 @@ def test_page_has_every_documented_metric_with_help_and_labels():
     assert 'dsanet_camera_up{camera="front door"} 1.0' in text
     assert 'dsanet_batch_size_bucket{le="8.0",model="encoder"} 1.0' in text
     assert 'dsanet_stream_lag_seconds{camera="front door"} 0.41' in text
+    assert 'dsanet_threshold{camera="front door",kind="on"} 0.62' in text
+    assert 'dsanet_threshold{camera="front door",kind="off"} 0.41' in text
 
 
 def test_state_changes_move_the_one_hot_and_up():

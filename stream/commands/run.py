@@ -88,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
         b = service.models.bundle
         handle = start_console(service, service.metrics, cfg, path, version=__version__,
                                model_info=service.model_info,
-                               categories=list(b.display_names or b.class_names)[1:])
+                               categories=list(b.display_names or b.class_names)[1:],
+                               calibration=service.calibrator)
         service.server = handle  # type: ignore[assignment]  # closed as the shutdown's last step
         handle.install_sighup()
         print(f"console: {handle.url}/", flush=True)

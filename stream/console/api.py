@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from stream.calibrator import CalibrationUnavailable
 from stream.console.store import score_dict
 from stream.control import CameraSnapshot
 from stream.events import EventError, parse_iso_utc
@@ -81,6 +82,12 @@ def _time(q: str | None, key: str) -> float | None:
 def routes(console: Console) -> list[Route]:
     live = console.live
 
+    def cam_json(s: CameraSnapshot) -> dict[str, Any]:
+        d = camera_dict(s)
+        if console.calibration is not None:
+            d["calibration"] = console.calibration.describe(s.name)
+        return d
+
     def snapshot(name: str) -> CameraSnapshot | None:
         return next((s for s in console.control.camera_snapshots() if s.name == name), None)
 
@@ -103,14 +110,14 @@ def routes(console: Console) -> list[Route]:
 
     async def cameras(request: Request) -> Response:
         snaps = console.control.camera_snapshots()
-        return JSONResponse({"cameras": [camera_dict(s) for s in snaps]})
+        return JSONResponse({"cameras": [cam_json(s) for s in snaps]})
 
     async def camera(request: Request) -> Response:
         name = request.path_params["name"]
         s = snapshot(name)
         if s is None:
             return error(404, f"camera {name!r} is not configured")
-        return JSONResponse(camera_dict(s))
+        return JSONResponse(cam_json(s))
 
     async def scores(request: Request) -> Response:
         name = request.path_params["name"]
@@ -123,7 +130,7 @@ def routes(console: Console) -> list[Route]:
         raw = await _body(request)
         cam, change = await run_in_threadpool(live.add_camera, raw)
         s = snapshot(cam.name)
-        return JSONResponse({"camera": camera_dict(s) if s else {"name": cam.name}, "persisted": change.persisted,
+        return JSONResponse({"camera": cam_json(s) if s else {"name": cam.name}, "persisted": change.persisted,
                              "note": change.note}, status_code=201)
 
     async def remove(request: Request) -> Response:
@@ -150,7 +157,7 @@ def routes(console: Console) -> list[Route]:
             changes.append(await run_in_threadpool(live.set_thresholds, name, body.get("on_threshold"),
                                                    body.get("off_threshold")))
         s = snapshot(name)
-        return JSONResponse({"camera": camera_dict(s) if s else {"name": name},
+        return JSONResponse({"camera": cam_json(s) if s else {"name": name},
                              "persisted": all(c.persisted for c in changes),
                              "note": next((c.note for c in changes if c.note), None)})
 
@@ -180,10 +187,30 @@ def routes(console: Console) -> list[Route]:
         return JSONResponse(out)
 
     async def stream(request: Request) -> Response:
-        first: list[tuple[str, Any]] = [("cameras", {"cameras": [camera_dict(s)
+        first: list[tuple[str, Any]] = [("cameras", {"cameras": [cam_json(s)
                                                                   for s in console.control.camera_snapshots()]})]
         return StreamingResponse(console.feed.stream(first), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def calibration(request: Request) -> Response:
+        name = request.path_params["name"]
+        if snapshot(name) is None:
+            return error(404, f"camera {name!r} is not configured")
+        if console.calibration is None:
+            return error(409, "calibration is not available in this service")
+        if request.method == "GET":
+            return JSONResponse({"camera": name, "calibration": console.calibration.describe(name)})
+        raw = await request.body()
+        body: Any = {}
+        if raw.strip():
+            body = await _body(request)
+        if not isinstance(body, dict) or set(body) - {"now"} or not isinstance(body.get("now", False), bool):
+            raise ChangeError("expected an empty body or a JSON object {\"now\": true|false}", status=400)
+        try:
+            desc = await run_in_threadpool(console.calibration.relearn, name, bool(body.get("now", False)))
+        except CalibrationUnavailable as exc:
+            return error(409, str(exc))
+        return JSONResponse({"camera": name, "calibration": desc}, status_code=202)
 
     async def reload(request: Request) -> Response:
         rep = await run_in_threadpool(live.reload)
@@ -197,6 +224,7 @@ def routes(console: Console) -> list[Route]:
         Route(f"{API}/cameras/{{name}}", guarded(remove), methods=["DELETE"]),
         Route(f"{API}/cameras/{{name}}", guarded(patch), methods=["PATCH"]),
         Route(f"{API}/cameras/{{name}}/scores", guarded(scores), methods=["GET"]),
+        Route(f"{API}/cameras/{{name}}/calibration", guarded(calibration), methods=["GET", "POST"]),
         Route(f"{API}/events", guarded(events), methods=["GET"]),
         Route(f"{API}/events/{{id}}", guarded(event), methods=["GET"]),
         Route(f"{API}/stream", guarded(stream), methods=["GET"]),

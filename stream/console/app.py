@@ -20,6 +20,7 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from stream.calibrator import Calibrator
 from stream.console import api
 from stream.console.auth import BrowserGuard, TokenAuth
 from stream.console.sse import Broadcaster
@@ -41,8 +42,10 @@ class Console:
 
     def __init__(self, control: ServiceControl, live: LiveConfig, metrics: Any = None, *,
                  evidence_dir: str | Path | None = None, max_events: int = 500, version: str = "",
-                 model_info: dict[str, Any] | None = None, categories: list[str] | None = None) -> None:
+                 model_info: dict[str, Any] | None = None, categories: list[str] | None = None,
+                 calibration: Calibrator | None = None) -> None:
         self.control = control
+        self.calibration = calibration
         self.live = live
         self.metrics = metrics
         self.evidence_dir = Path(evidence_dir).resolve() if evidence_dir is not None else None

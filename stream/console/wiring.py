@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from stream.calibrator import Calibrator
 from stream.config import DeploymentConfig
 from stream.console.app import Console, create_app
 from stream.console.auth import is_loopback, token_for
@@ -58,7 +59,7 @@ class ConsoleHandle:
 
 def start_console(control: ServiceControl, metrics: Any, cfg: DeploymentConfig, config_path: str | Path | None,
                   *, version: str = "", model_info: dict[str, Any] | None = None,
-                  categories: list[str] | None = None) -> ConsoleHandle:
+                  categories: list[str] | None = None, calibration: Calibrator | None = None) -> ConsoleHandle:
     """Start the HTTP server where the config says (``http``/``metrics`` sections); raises ``DsanetError``
     with a one-line reason when it cannot listen or needs a token it does not have."""
     host, port = cfg.http_host, cfg.http_port
@@ -68,7 +69,7 @@ def start_console(control: ServiceControl, metrics: Any, cfg: DeploymentConfig, 
     if cfg.http.console:
         console = Console(control, live, metrics, evidence_dir=cfg.evidence.directory if cfg.evidence.enabled else None,
                           max_events=cfg.http.event_history, version=version, model_info=model_info,
-                          categories=categories)
+                          categories=categories, calibration=calibration)
     app = create_app(console, metrics, token=token, username=cfg.http.username, loopback=is_loopback(host))
     server = HttpServer(app, host, port, on_close=console.close if console is not None else None)
     log.info("http on %s: /metrics /healthz /readyz%s%s", server.url, " /api/v1 and the console at /"
