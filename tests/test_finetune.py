@@ -67,7 +67,7 @@ def finetuned(tiny_bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     items = [("false_alarm", "Normal", fa, 1000.0 + 60 * i) for i in range(4)]
     items += [("confirmed", "Fighting", ev, 1030.0 + 60 * i) for i in range(3)]
     site = write_site(work / "site", _head_sha(tiny_bundle_dir), items)
-    bundle, report = finetune(tiny_bundle_dir, site, work / "b2", FinetuneOptions(steps=4, lr=3e-4), force=False)
+    bundle, report = finetune(tiny_bundle_dir, site, work / "b2", FinetuneOptions(steps=3, lr=3e-4), force=False)
     return {"bundle": bundle, "report": report, "site": site, "fa": fa, "work": work}
 
 
@@ -113,7 +113,7 @@ def test_refuses_a_head_worse_on_held_out_true_events(tiny_bundle_dir: Path, tmp
     threshold = float(onnx_scores(tiny_bundle_dir, held_out).max()) * 0.9  # the parent detects it here
     out = tmp_path / "b2"
     code = main(["finetune", "--bundle", str(tiny_bundle_dir), "--site-data", str(site), "--out", str(out),
-                 "--steps", "4", "--lr", "3e-4", "--holdout", "0.3", "--on-threshold", f"{threshold:.6g}",
+                 "--steps", "3", "--lr", "3e-4", "--holdout", "0.3", "--on-threshold", f"{threshold:.6g}",
                  "--max-event-drop", "1.0"])
     err = capsys.readouterr().err
     assert code == 1, err
