@@ -6,7 +6,8 @@ A synthetic site built through the real pipeline, end to end:
    clips from ``export.demo.video``), features from the real extractor (``export.extract``, tiny random
    CLIP), the real trainer (UCF preset, 32-snippet window) and the real exporter (ONNX, parity-checked).
 2. **The site.** One camera the base model was not trained for: the same kind of calm scene, plus a
-   recurring benign pattern (an amber beacon that flashes for 6 s every 30 s: a warning light on a gate),
+   recurring benign pattern (a warning flare that pulses for 6 s every 30 s at a fixed spot: small and
+   stationary, but the orange glow of an explosion's first frames),
    plus scripted true events (one every 90 s, cycling through the three classes). Its features come from
    the same extractor. The first half of the timeline is the **history** (what the operator sees and
    marks, and the calibration period); the second half is the **evaluation** period.
@@ -19,7 +20,7 @@ A synthetic site built through the real pipeline, end to end:
 5. **Feedback marks**, made the way the service stores them (site-data contract: ``list.csv``,
    ``features/<camera>/<id>.npy``, ``snippets.json``, ``examples.jsonl``): each of the base model's
    history events in time order becomes one mark: a false alarm (label Normal) or a confirmed event (its
-   scripted class), the event's snippets plus 2 s of context. The service's calm-window samples are added
+   scripted class), the event's snippets plus 6 s of context. The service's calm-window samples are added
    as ``normal_sample`` examples (4 of them, score below the off-threshold). ``export.finetune.finetune``
    (what ``dsanet finetune`` runs) adapts the head from the first 1, 5 and 20 marks and writes a bundle
    through the real exporter; each is scored on the evaluation period.
@@ -59,7 +60,7 @@ SITE_FPS = 15
 SIZE = (256, 144)
 BEACON_EVERY, BEACON_FIRST, BEACON_LEN = 30.0, 10.0, 6.0
 EVENT_EVERY, EVENT_FIRST, EVENT_LEN = 90.0, 22.0, 6.0
-CONTEXT_S = 2.0
+CONTEXT_S = 6.0  # >= the live window (32 snippets = 17 s) with a 6 s event: marks train on what the head sees live
 MARK_COUNTS = (1, 5, 20)
 
 
@@ -98,7 +99,7 @@ def site_timeline(seconds: float) -> tuple[list[tuple[float, float]], list[tuple
 
 
 def render_site(path: Path, seconds: float, seed: int = 5) -> Path:
-    """The site camera: demo calm scene + flashing amber beacon (benign) + scripted events."""
+    """The site camera: demo calm scene + a recurring warning flare (benign) + scripted events."""
     import av
 
     from export.demo.video import EventSpan, SceneRenderer
@@ -107,8 +108,20 @@ def render_site(path: Path, seconds: float, seed: int = 5) -> Path:
     scene = SceneRenderer(*SIZE, SITE_FPS, [EventSpan(c, a, b) for c, a, b in events], seed=seed)
     w, h = SIZE
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    lamp = (((xx - 0.22 * w) / (0.16 * w)) ** 2 + ((yy - 0.3 * h) / (0.28 * h)) ** 2) < 1.0
-    halo = (((xx - 0.22 * w) / (0.26 * w)) ** 2 + ((yy - 0.3 * h) / (0.45 * h)) ** 2) < 1.0
+    # a warning flare at a fixed spot, pulsing: bright orange-yellow glow with flicker, close to what the
+    # base model learnt as an explosion's first frames, but small, stationary and on a schedule
+    d = np.sqrt((xx / w - 0.45) ** 2 + ((yy / h - 0.55) * 0.75) ** 2)
+    rng = np.random.default_rng(seed + 7)
+
+    def flare(img: np.ndarray, t: float) -> np.ndarray:
+        r = 0.46 + 0.06 * math.sin(2 * math.pi * 1.5 * t)
+        glow = np.clip(1.0 - d / r, 0, 1) ** 0.5 * (0.75 + 0.25 * rng.random())
+        noise = rng.random(d.shape).astype(np.float32) * 0.35
+        col = np.stack([np.ones_like(d), 0.55 + 0.3 * np.clip(1 - d / r, 0, 1), 0.1 * np.ones_like(d)], axis=-1)
+        a = np.clip(glow + noise * glow, 0, 1)[..., None]
+        out = img.astype(np.float32) / 255.0
+        return (np.clip(out * (1 - a) + col * a, 0, 1) * 255).astype(np.uint8)
+
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), mode="w") as out:
         stream = out.add_stream("libx264", rate=SITE_FPS)
@@ -117,11 +130,8 @@ def render_site(path: Path, seconds: float, seed: int = 5) -> Path:
         for i in range(int(round(seconds * SITE_FPS))):
             t = i / SITE_FPS
             img = scene.frame(i)
-            if any(a <= t < b for a, b in beacons) and (t * 3.0) % 1.0 < 0.6:  # 3 Hz blink
-                img = img.astype(np.float32)
-                img[halo] = img[halo] * 0.5 + np.array([255, 170, 40]) * 0.5
-                img[lamp] = np.array([255, 200, 60])
-                img = img.astype(np.uint8)
+            if any(a <= t < b for a, b in beacons):
+                img = flare(img, t)
             for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
                 out.mux(packet)
         for packet in stream.encode():
