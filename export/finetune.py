@@ -432,6 +432,14 @@ def finetune(bundle_dir: str | os.PathLike[str], site_data: str | os.PathLike[st
                  foreign, len(site.examples))
     train, held = split_by_time(site.examples, opts.holdout)
     head = load_head_module(parent.path(HEAD_WEIGHTS))
+    from export.data import feature_length
+
+    window = int(head.config.visual_length)
+    short = sum(1 for e in site.examples if feature_length(e.path) < window)
+    if short:
+        log.warning("%d of %d examples are shorter than the head's %d-snippet window: they train and are checked "
+                    "zero-padded, which the live window (full of real snippets) never shows; keep at least one "
+                    "window of context per mark", short, len(site.examples), window)
     base = model_from_head(head).eval()
     before = held_out_figures(base, held, opts.on_threshold)
     model, losses = adapt(head, train, preset, opts)
@@ -459,7 +467,7 @@ def finetune(bundle_dir: str | os.PathLike[str], site_data: str | os.PathLike[st
         "parent": {"name": parent.name, "head_sha256": parent_hash, "content_hash": parent.content_hash,
                    "created_utc": parent.created_utc},
         "site_data": str(site.root), "learned_from": report.train_counts, "kinds": report.train_kinds,
-        "held_out": report.held_out_counts, "checked": report.checked,
+        "held_out": report.held_out_counts, "checked": report.checked, "shorter_than_window": short,
         "guard": {"anchor": opts.anchor, "replay": opts.replay, "replay_rows": opts.replay_rows if opts.replay else 0},
         "steps": opts.steps, "lr": opts.lr, "seed": opts.seed, "on_threshold": opts.on_threshold,
         "before": report.to_dict()["before"], "after": report.to_dict()["after"],
