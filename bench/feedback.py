@@ -6,8 +6,8 @@ A synthetic site built through the real pipeline, end to end:
    clips from ``export.demo.video``), features from the real extractor (``export.extract``, tiny random
    CLIP), the real trainer (UCF preset, 32-snippet window) and the real exporter (ONNX, parity-checked).
 2. **The site.** One camera the base model was not trained for: the same kind of calm scene, plus a
-   recurring benign pattern (a warning flare that pulses for 6 s every 30 s at a fixed spot: small and
-   stationary, but the orange glow of an explosion's first frames),
+   recurring benign pattern (a warning flare that pulses for 6 s every 30 s at a fixed spot: a stationary
+   orange glow much like an explosion's),
    plus scripted true events (one every 90 s, cycling through the three classes). Its features come from
    the same extractor. The first half of the timeline is the **history** (what the operator sees and
    marks, and the calibration period); the second half is the **evaluation** period.
@@ -108,8 +108,8 @@ def render_site(path: Path, seconds: float, seed: int = 5) -> Path:
     scene = SceneRenderer(*SIZE, SITE_FPS, [EventSpan(c, a, b) for c, a, b in events], seed=seed)
     w, h = SIZE
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    # a warning flare at a fixed spot, pulsing: bright orange-yellow glow with flicker, close to what the
-    # base model learnt as an explosion's first frames, but small, stationary and on a schedule
+    # a warning flare at a fixed spot, pulsing: bright orange-yellow glow with flicker, much like what the
+    # base model learnt as an explosion, but stationary and on a schedule
     d = np.sqrt((xx / w - 0.45) ** 2 + ((yy / h - 0.55) * 0.75) ** 2)
     rng = np.random.default_rng(seed + 7)
 
