@@ -67,6 +67,10 @@ class ExportOptions:
     source: dict[str, Any] = field(default_factory=dict)
     clip: str | None = None
     tiny_clip: bool = False
+    # A parent bundle whose text.onnx and tokenizer/ are reused byte for byte (``dsanet finetune``: the
+    # text tower did not change, only the head); head_open.onnx is exported from this head.
+    categories_from: str | os.PathLike[str] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # merged into bundle.json's ``extra``
 
 
 def _check_out_dir(out: Path, force: bool) -> None:
@@ -121,6 +125,33 @@ def _export_categories(head: Any, text: Any, clip_dir: Path, tmp: Path, opts: Ex
     return TextSpec(eos_id=eos, pad_id=pad, class_prompts=tuple(tuple(p) for p in prompts))
 
 
+def _reuse_categories(head: Any, parent_dir: Path, tmp: Path, opts: ExportOptions,
+                      parity: dict[str, Any]) -> TextSpec | None:
+    """Copy the parent's text tower and tokenizer (unchanged), export head_open.onnx from ``head`` and
+    check it against the new head.onnx on the parent text tower's class features."""
+    import numpy as np
+
+    from engine.model.head import DSANetOpenHead
+
+    parent = load_bundle(parent_dir)
+    if parent.text is None or parent.head_open is None:
+        return None
+    shutil.copyfile(parent.path(parent.text.file), tmp / TEXT_ONNX)
+    shutil.copytree(parent.path(TOKENIZER_DIR), tmp / TOKENIZER_DIR)
+    if "text" in parent.parity:
+        parity["text"] = {**parent.parity["text"], "reused_from": parent.name}
+    config = head.config
+    open_head = DSANetOpenHead(config, head.backbone, head.text_features)
+    onnx_export.export_open_head_onnx(open_head, tmp / HEAD_OPEN_ONNX, int(config.embed_dim),
+                                      int(config.visual_length), opts.max_batch, opset=opts.opset)
+    t = parent.text
+    prompts = [list(p) for p in t.class_prompts]
+    feats = checks.onnx_class_features(tmp / TEXT_ONNX, tmp / t.tokenizer, prompts, t.eos_id, t.pad_id)
+    parity["head_open"] = checks.head_open_parity(tmp / HEAD_ONNX, tmp / HEAD_OPEN_ONNX, np.asarray(feats),
+                                                  int(config.embed_dim), head_cases(int(config.visual_length)))
+    return t
+
+
 def write_bundle(head: Any, vision: Any, out_dir: str | os.PathLike[str], preprocessing: Preprocessing,
                  options: ExportOptions | None = None, force: bool = False, text: Any | None = None,
                  clip_dir: str | os.PathLike[str] | None = None) -> Bundle:
@@ -165,6 +196,8 @@ def write_bundle(head: Any, vision: Any, out_dir: str | os.PathLike[str], prepro
             if clip_dir is None:
                 raise ExportError("exporting the text tower needs the CLIP folder of its tokenizer (clip_dir)")
             text_spec = _export_categories(head, text, Path(clip_dir), tmp, opts, parity)
+        elif opts.categories_from is not None:
+            text_spec = _reuse_categories(head, Path(opts.categories_from), tmp, opts, parity)
         if opts.encoder_int8:
             onnx_export.quantize_encoder_int8(enc_fp32, tmp / ENCODER_ONNX)
             parity["encoder_int8"] = checks.encoder_parity(encoder, tmp / ENCODER_ONNX, preprocessing.size,
@@ -209,7 +242,7 @@ def write_bundle(head: Any, vision: Any, out_dir: str | os.PathLike[str], prepro
             onnx_opset=onnx_export.onnx_opset(tmp / HEAD_ONNX),
             parity=parity,
             files=file_entries(tmp, names),
-            extra={"model_config": config.to_dict()},
+            extra={"model_config": config.to_dict(), **opts.extra},
         )
         bundle.write(tmp)
         load_bundle(tmp)  # the exporter must never write a bundle the service would refuse

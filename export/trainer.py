@@ -192,12 +192,19 @@ class _Run:
                                       "best_step": None}
         self.best_state: dict[str, torch.Tensor] | None = None
         self.last_eval: dict[str, Any] | None = None
+        # extra loss term added before backward (``dsanet finetune``'s anchor toward the parent weights)
+        self.penalty: Callable[[], torch.Tensor] | None = None
 
     def step(self, rows: list[ListRow], epoch: int, i: int) -> dict[str, float]:
         """One optimisation step on one batch; returns the loss parts."""
         x, labels, lengths = load_batch(rows, self.cfg.model.visual_length, self.cfg.preset)
         x, labels, lengths = x.to(self.dev), labels.to(self.dev), lengths.to(self.dev)
         loss, parts = dsanet_loss(self.model(x, lengths), labels, lengths, self.weights)
+        if self.penalty is not None:
+            extra = self.penalty()
+            loss = loss + extra
+            parts["penalty"] = float(extra.detach())
+            parts["total"] = float(loss.detach())
         if not math.isfinite(parts["total"]):
             raise RuntimeFailure(f"training diverged: loss is {parts['total']} at epoch {epoch + 1} step {i}")
         self.opt.step(loss)
