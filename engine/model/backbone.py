@@ -162,8 +162,9 @@ class Mlp4(nn.Sequential):
     def __init__(self, width: int) -> None:
         super().__init__(nn.Linear(width, width * 4), QuickGELU(), nn.Linear(width * 4, width))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         fc, act, proj = self[0], self[1], self[2]
+        assert isinstance(fc, nn.Linear) and isinstance(proj, nn.Linear)
         return linear_rows(proj, act(linear_rows(fc, x)))
 
 
