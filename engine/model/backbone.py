@@ -123,22 +123,22 @@ class WindowAttention(nn.Module):
         b, t, d = x.shape
         h, hd, w = self.heads, d // self.heads, self.window
         full, tail = window_blocks(self.length, w)
+        if tail == w:  # w divides the length: every window is full-size, one batched product
+            full, tail = full + 1, 0
         qkv = linear_rows(self.in_proj, x)  # [B, T, 3D]
         # [B, T, 3D] -> [3, B, T, heads, hd]; q scaled before the product (one pass over B*T*D)
         qkv = qkv.reshape(b, self.length, 3, h, hd).permute(2, 0, 1, 3, 4)
         q, k, v = qkv[0] * (hd ** -0.5), qkv[1], qkv[2]
 
-        def blocks(z: torch.Tensor, start: int, n: int, size: int) -> torch.Tensor:
-            # rows start .. start + n*size of [B, T, heads, hd] -> [B, n, heads, size, hd]
-            return z[:, start: start + n * size].reshape(b, n, size, h, hd).transpose(2, 3)
+        def attend(start: int, n: int, size: int) -> torch.Tensor:
+            # rows start .. start + n*size as n windows of `size`: [B*n, heads, size, hd] (4-D products)
+            def blocks(z: torch.Tensor) -> torch.Tensor:
+                return z[:, start: start + n * size].reshape(b * n, size, h, hd).transpose(1, 2)
 
-        parts = []
-        if full:
-            out = _block_softmax_attention(blocks(q, 0, full, w), blocks(k, 0, full, w), blocks(v, 0, full, w))
-            parts.append(out.transpose(2, 3).reshape(b, full * w, d))
-        start = full * w
-        out = _block_softmax_attention(blocks(q, start, 1, tail), blocks(k, start, 1, tail), blocks(v, start, 1, tail))
-        parts.append(out.transpose(2, 3).reshape(b, tail, d))
+            out = _block_softmax_attention(blocks(q), blocks(k), blocks(v))
+            return out.transpose(1, 2).reshape(b, n * size, d)
+
+        parts = ([attend(0, full, w)] if full else []) + ([attend(full * w, 1, tail)] if tail else [])
         out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         return linear_rows(self.out_proj, out)
 
