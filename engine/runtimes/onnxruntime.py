@@ -43,7 +43,8 @@ class OrtRunner(Runner):
     """Runs a bundle's ONNX graph in an ``InferenceSession``.
 
     It runs the bundle's graphs as they are: precision ``int8`` selects nothing by itself (the
-    encoder.onnx of a bundle exported with ``--encoder-int8`` is quantised; the head is always fp32) and
+    encoder.onnx of a bundle exported with ``--encoder-int8`` is quantised; the head is fp32 unless the
+    bundle has an INT8 head, see below) and
     warns when the bundle has no INT8 encoder; ``describe()`` reports what the files hold.
     A head bundle exported with ``--head-int8`` runs its gated ``head.int8.onnx`` unless the option
     ``head_int8`` is False (config ``model.head_int8``).
