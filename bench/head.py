@@ -9,6 +9,16 @@ The head is the real DSANet inference graph (UCF layout) on the tiny CLIP text t
 does not depend on the text tower (its class features are a constant buffer). The ONNX graph is made by
 ``export.onnx_export.export_head_onnx``, as ``dsanet export`` makes it.
 
+Anchor: the official DSANet inference forward (lessiYin/DSANet ``src/model.py``, torch eager, W=256,
+B=1) is not in this repository, so its timing is a *recorded* constant (``OFFICIAL_ANCHOR``: figure,
+date, machine, how it was measured) printed beside ours measured live, with the ratios. Because a
+recorded figure and a live one come from different moments of a shared machine, the anchor also carries
+the ratio measured side by side in one process (official vs our head, same weights and inputs), which
+is the figure to trust.
+
+``--torch-threads`` times the torch runtime's head and a ViT-B/16-shaped encoder at 1 and 2 intra-op
+threads, interleaved, to back the torch runtime's default thread count (``DEFAULT_CPU_THREADS``).
+
 ``--profile`` adds per-operator profiles of both backends at W=256, B=8 (ORT's own profiler and
 ``torch.profiler``) and ORT variants (optimisation level, threads) so a missed target can be explained.
 
@@ -37,6 +47,28 @@ from common import (  # noqa: E402
     time_interleaved,
     usable_cores,
 )
+
+# The official forward, recorded (not re-run here: the official code is not part of this repository).
+OFFICIAL_ANCHOR: dict[str, Any] = {
+    "what": "official DSANet inference forward (src/model.py DSANet.forward, eval, no_grad, DNP_use=False), "
+            "torch eager, W=256, B=1",
+    # issue 13: "measured side by side on one quiet 2-core machine"
+    "quiet": {"ms": {1: 61.5, 2: 35.0}, "date": "before 2026-12-02 (issue 13)", "machine": "2-core AMD EPYC VM, quiet",
+              "how": "official src/ run from a throwaway script; same thread count as ours"},
+    # this branch: /work/coord/scratch/compare.py (official vs our head, same weights and inputs,
+    # interleaved call by call, 30 rounds); machine loaded by parallel work, so only the ratios travel
+    "side_by_side": {"date": "2026-12-02", "machine": "2-core AMD EPYC VM, loaded (load 5-18)",
+                     "how": "official src/ (commit 1417406) imported as is, clip.load/DistanceAdj('cuda') patched "
+                            "to CPU; interleaved with our DSANetHead on the same weights; ratio of medians",
+                     # 1 thread: process-CPU-time p50 ratio (robust under load): 0.94 (main before this
+                     # change: 0.98-1.00). 2 threads: wall p50 ratio 1.05 (main 1.06), both sides ~10x
+                     # slower than at 1 thread (torch's 2-thread pathology on this VM, see BENCHMARKS.md).
+                     "ours_over_official": {1: 0.94, 2: 1.05}},
+}
+
+
+def official_ms(threads: int) -> float | None:
+    return OFFICIAL_ANCHOR["quiet"]["ms"].get(int(threads))
 
 
 def build_head(seed: int = 0) -> Any:
@@ -144,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--windows", default=None, help="comma list of W (default 64,256)")
     ap.add_argument("--iters", type=int, default=None, help="timed calls per backend and case")
     ap.add_argument("--profile", action="store_true", help="per-op profiles and ORT variants at W=256, B=8")
+    ap.add_argument("--torch-threads", action="store_true",
+                    help="torch head and ViT-B/16-shaped encoder at 1 vs 2 intra-op threads")
     args = ap.parse_args(argv)
 
     m = print_header("DSANet head: ONNX Runtime CPU vs torch eager (same weights)")
@@ -190,14 +224,81 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nORT vs torch eager at W={key[0]}, B={key[1]}: {ratios[key]:.2f}x (target >= 3x: "
           f"{'met' if ratios[key] >= 3 else 'MISSED'})")
 
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = anchor_section(rows, threads)
+    if args.torch_threads:
+        extra.update(torch_threads_section(head, width, quick=args.quick))
     if args.profile:
-        extra = profile_section(head, path, threads, width, quick=args.quick)
+        extra.update(profile_section(head, path, threads, width, quick=args.quick))
 
     print()
     print(result_line(ratio_ort_vs_torch=ratios[key], W=key[0], B=key[1], threads=threads, cores=m["cores"],
                       **{f"ratio_w{w}_b{b}": r for (w, b), r in ratios.items()}, **extra))
     return 0
+
+
+def anchor_section(rows: list[list[Any]], threads: int) -> dict[str, Any]:
+    """Our W=256, B=1 row beside the recorded official forward at the same thread count."""
+    ours = next((r for r in rows if r[0] == 256 and r[1] == 1), None)
+    ref = official_ms(threads)
+    print(f"\n## Anchor: {OFFICIAL_ANCHOR['what']}\n")
+    q, s = OFFICIAL_ANCHOR["quiet"], OFFICIAL_ANCHOR["side_by_side"]
+    if ours is None or ref is None:
+        print(f"(needs W=256, B=1 in the run and threads 1 or 2; recorded figures: {q['ms']})")
+        return {}
+    side = s["ours_over_official"].get(int(threads))
+    table_rows = [["official forward (RECORDED, not run here)", ref, "1.00", f"{q['date']}; {q['machine']}"],
+                  ["our head, torch eager (live)", ours[2], f"{ours[2] / ref:.2f}", "this run"],
+                  ["our head, ONNX Runtime (live)", ours[4], f"{ours[4] / ref:.2f}", "this run"]]
+    print(table(["", "p50 ms", "x official", "when / where"], table_rows, digits=2))
+    print(f"recorded official figure: {q['how']}. Live figures on another (or a loaded) machine make the "
+          "live/recorded ratio indicative only;")
+    print(f"side-by-side ratio ours/official at {threads} thread(s), same process ({s['date']}, {s['machine']}): "
+          f"{side if side is not None else 'not recorded'}")
+    return {"official_ms_recorded": ref, "torch_vs_official_recorded": ours[2] / ref,
+            "ort_vs_official_recorded": ours[4] / ref}
+
+
+def encoder_module_vitb16() -> Any:
+    """A ViT-B/16-shaped CLIP image tower with random weights (cost only), wrapped as the torch runtime does."""
+    import torch
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from engine.runtimes.torch import make_encoder_module
+
+    torch.manual_seed(0)
+    cfg = CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                           image_size=224, patch_size=16, projection_dim=512)
+    return make_encoder_module(CLIPVisionModelWithProjection(cfg).eval())
+
+
+def torch_threads_section(head: Any, width: int, quick: bool) -> dict[str, Any]:
+    """torch eager at 1 vs 2 intra-op threads, interleaved call by call: head (W=256, B=1) and encoder (B=1)."""
+    import torch
+
+    enc = encoder_module_vitb16()
+    x, lens = inputs(1, 256, width)
+    tx, tl = torch.from_numpy(x), torch.from_numpy(lens)
+    img = torch.zeros((1, 3, 224, 224))
+    fns = {}
+    for n in (1, 2):
+        def run_head(n: int = n) -> None:
+            torch.set_num_threads(n)
+            with torch.inference_mode():
+                head(tx, tl)
+
+        def run_enc(n: int = n) -> None:
+            torch.set_num_threads(n)
+            with torch.inference_mode():
+                enc(img)
+        fns[f"head {n}t"], fns[f"encoder {n}t"] = run_head, run_enc
+    t = time_interleaved(fns, iters=4 if quick else 12, warmup=1, max_seconds=30 if quick else 120)
+    p50 = {k: summary(v)["p50"] for k, v in t.items()}
+    print("\n## torch eager: 1 vs 2 intra-op threads (interleaved)\n")
+    print(table(["part", "1 thread p50 ms", "2 threads p50 ms", "2t / 1t"],
+                [[part, p50[f"{part} 1t"] * 1e3, p50[f"{part} 2t"] * 1e3, p50[f"{part} 2t"] / p50[f"{part} 1t"]]
+                 for part in ("head", "encoder")], digits=2))
+    return {"torch_head_2t_over_1t": p50["head 2t"] / p50["head 1t"],
+            "torch_encoder_2t_over_1t": p50["encoder 2t"] / p50["encoder 1t"]}
 
 
 def profile_section(head: Any, path: Path, threads: int, width: int, quick: bool) -> dict[str, Any]:
@@ -217,9 +318,9 @@ def profile_section(head: Any, path: Path, threads: int, width: int, quick: bool
     # what a cheaper head graph would buy: INT8 dynamic quantisation of MatMul/Gemm, as for the encoder
     q_path = path.with_name("head.int8.onnx")
     if not q_path.exists() or q_path.stat().st_mtime < path.stat().st_mtime:
-        from export.onnx_export import quantize_encoder_int8
+        from export.onnx_export import quantize_head_int8
 
-        quantize_encoder_int8(path, q_path)
+        quantize_head_int8(path, q_path)
     sq = ort_session(q_path, threads)
     variants[f"ORT INT8-dynamic head, {threads} threads"] = lambda: sq.run(None, {"features": x, "lengths": lens})
     ref = ort_session(path, threads).run(None, {"features": x, "lengths": lens})

@@ -42,6 +42,7 @@ BUNDLE_FORMAT_VERSION = 1
 BUNDLE_JSON = "bundle.json"
 ENCODER_ONNX = "encoder.onnx"
 HEAD_ONNX = "head.onnx"
+HEAD_INT8_ONNX = "head.int8.onnx"
 HEAD_WEIGHTS = "head.safetensors"
 ENCODER_TORCH_DIR = "encoder_torch"
 TEXT_ONNX = "text.onnx"
@@ -104,6 +105,9 @@ class HeadSpec(_Strict):
     scores: str = "scores"
     class_probs: str = "class_probs"
     max_batch: int = Field(default=DEFAULT_MAX_BATCH, ge=1)
+    # opt-in INT8 head (``dsanet export --head-int8``), gated on test features (parity.head_int8);
+    # same inputs and outputs as ``file``; the runtime uses it unless ``model.head_int8: false``
+    int8_file: str | None = None
 
 
 class TextSpec(_Strict):
@@ -262,7 +266,8 @@ class Bundle(_Strict):
             f"  embedding     {self.embedding_width}-d, tau {self.tau:g}",
             f"  preprocessing {json.dumps(self.preprocessing.to_dict())}",
             f"  encoder       {self.encoder.file} ({self.encoder.quantization or 'fp32'}, max batch {self.encoder.max_batch})",
-            f"  head          {self.head.file} (max batch {self.head.max_batch})",
+            f"  head          {self.head.file} (max batch {self.head.max_batch})"
+            + (f", INT8 {self.head.int8_file}" if self.head.int8_file else ""),
             f"  torch weights {'yes' if self.torch else 'no (onnxruntime only)'}",
             f"  categories    {'editable (' + self.text.file + ', ' + self.head_open.file + ')' if self.text and self.head_open else 'fixed (no text tower in this bundle)'}",
             f"  source        checkpoint {src.checkpoint or '-'} sha256 {(src.checkpoint_sha256 or '-')[:16]}"
@@ -298,6 +303,11 @@ def describe_parity(parity: dict[str, Any]) -> str:
     o = parity.get("head_open")
     if o:
         parts.append(f"head_open max|diff| {o['max_abs']:.2e} (<= {o['tolerance']:.0e}: {'ok' if o['passed'] else 'FAIL'})")
+    q = parity.get("head_int8")
+    if q:
+        parts.append(f"head_int8 max|score diff| {q['scores_max_abs']:.2e} (<= {q['score_tolerance']}), frame AUC "
+                     f"{q['auc_int8']:.4f} vs fp32 {q['auc_fp32']:.4f} (|delta| <= {q['auc_tolerance']}: "
+                     f"{'ok' if q['passed'] else 'FAIL'})")
     for key in ("encoder", "encoder_int8"):
         e = parity.get(key)
         if e:
@@ -427,6 +437,10 @@ def check_graphs(bundle: Bundle) -> None:
     c = _last_dim(head_out[h.class_probs])
     if c is not None and c != bundle.num_classes:
         raise BundleError(f"{head_path}: class_probs has {c} classes but bundle.json lists {bundle.num_classes}")
+    if h.int8_file:
+        q_in, q_out = _require_names(bundle.path(h.int8_file), [h.features, h.lengths], [h.scores, h.class_probs])
+        if q_in[h.features] != head_in[h.features] or q_out[h.class_probs] != head_out[h.class_probs]:
+            raise BundleError(f"{bundle.path(h.int8_file)}: its shapes differ from {head_path} (not the same head)")
     _check_category_graphs(bundle)
 
 
@@ -462,7 +476,7 @@ def load_bundle(bundle_dir: str | os.PathLike[str], verify_hashes: bool = True, 
         raise BundleError(f"{root}: bundle directory does not exist")
     meta = root / BUNDLE_JSON
     bundle = parse_bundle_json(_read_json(meta), meta).model_copy(update={"root": root.resolve()})
-    required = [bundle.encoder.file, bundle.head.file]
+    required = [bundle.encoder.file, bundle.head.file] + ([bundle.head.int8_file] if bundle.head.int8_file else [])
     required += [bundle.text.file, bundle.text.tokenizer] if bundle.text else []
     required += [bundle.head_open.file] if bundle.head_open else []
     for name in required:

@@ -26,6 +26,7 @@ from engine.bundle import (
     DEFAULT_MAX_BATCH,
     ENCODER_ONNX,
     ENCODER_TORCH_DIR,
+    HEAD_INT8_ONNX,
     HEAD_ONNX,
     HEAD_OPEN_ONNX,
     HEAD_WEIGHTS,
@@ -59,6 +60,9 @@ DEFAULT_FPS = {"ucf": 30.0, "xd": 24.0}  # frame rates of the benchmark videos t
 class ExportOptions:
     name: str | None = None
     encoder_int8: bool = False
+    head_int8: bool = False  # also ship head.int8.onnx, gated on ``head_int8_data`` (export.head_int8)
+    head_int8_data: Any = None  # export.head_int8.GateData
+    head_int8_data_root: str | None = None  # where the checkpoint's test list lives (default: its data root)
     torch_weights: bool = True
     max_batch: int = DEFAULT_MAX_BATCH
     snippet_fps: float | None = None
@@ -187,6 +191,16 @@ def write_bundle(head: Any, vision: Any, out_dir: str | os.PathLike[str], prepro
         log.info("exporting the head (T 1..%d, dynamic batch)", max_window)
         onnx_export.export_head_onnx(head, tmp / HEAD_ONNX, width, max_window, opts.max_batch, opts.opset)
         parity["head"] = checks.head_parity(head, tmp / HEAD_ONNX, width, head_cases(max_window))
+        if opts.head_int8:
+            from export import head_int8
+
+            if opts.head_int8_data is None:
+                raise head_int8.HeadInt8GateError("--head-int8 needs test features to gate the INT8 head on")
+            log.info("quantising the head to INT8 and gating it on %s", opts.head_int8_data.source)
+            onnx_export.quantize_head_int8(tmp / HEAD_ONNX, tmp / HEAD_INT8_ONNX)
+            parity["head_int8"] = head_int8.gate(tmp / HEAD_ONNX, tmp / HEAD_INT8_ONNX, opts.head_int8_data, width,
+                                                 max_window)
+            head_int8.check_gate(parity["head_int8"])
         log.info("exporting the image encoder")
         enc_fp32 = tmp / (ENCODER_ONNX if not opts.encoder_int8 else "encoder.fp32.onnx")
         onnx_export.export_encoder_onnx(encoder, enc_fp32, preprocessing.size, opts.max_batch, opts.opset)
@@ -208,7 +222,7 @@ def write_bundle(head: Any, vision: Any, out_dir: str | os.PathLike[str], prepro
             raise ParityError(f"parity check failed for {', '.join(failed)}: {describe_parity(parity)}", parity)
         log.info("parity: %s", describe_parity(parity))
 
-        names = [ENCODER_ONNX, HEAD_ONNX]
+        names = [ENCODER_ONNX, HEAD_ONNX] + ([HEAD_INT8_ONNX] if opts.head_int8 else [])
         if text_spec is not None:
             names += [TEXT_ONNX, HEAD_OPEN_ONNX, TOKENIZER_DIR]
         torch_spec = None
@@ -230,7 +244,7 @@ def write_bundle(head: Any, vision: Any, out_dir: str | os.PathLike[str], prepro
             embedding_width=width, max_window=max_window, tau=float(config.tau),
             preprocessing=preprocessing,
             encoder=EncoderSpec(quantization="int8-dynamic" if opts.encoder_int8 else None, max_batch=opts.max_batch),
-            head=HeadSpec(max_batch=opts.max_batch),
+            head=HeadSpec(max_batch=opts.max_batch, int8_file=HEAD_INT8_ONNX if opts.head_int8 else None),
             torch=torch_spec,
             text=text_spec,
             head_open=HeadOpenSpec(max_batch=opts.max_batch) if text_spec is not None else None,
@@ -298,6 +312,10 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], clip: str, out_dir: st
         opts.snippet_fps = source.get("snippet_fps")
     if opts.evaluation is None:
         opts.evaluation = _find_evaluation(Path(checkpoint).parent) or source.get("evaluation")
+    if opts.head_int8 and opts.head_int8_data is None:
+        from export.head_int8 import load_gate_data
+
+        opts.head_int8_data = load_gate_data(checkpoint, opts.head_int8_data_root)
     return write_bundle(model.inference_head(), load_vision_model(clip_dir), out_dir,
                         Preprocessing.from_clip_dir(clip_dir), opts, force=force, text=model.text, clip_dir=clip_dir)
 

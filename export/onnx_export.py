@@ -98,6 +98,12 @@ def quantize_encoder_int8(src: Path, dst: Path) -> Path:
     return dst
 
 
+def quantize_head_int8(src: Path, dst: Path) -> Path:
+    """Dynamic INT8 weight quantisation of the head's MatMul/Gemm (``--head-int8``; gated by
+    :mod:`export.head_int8`, not by the fp32 parity tolerance)."""
+    return quantize_encoder_int8(src, dst)
+
+
 def onnx_opset(path: Path) -> int | None:
     try:
         import onnx

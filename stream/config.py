@@ -313,6 +313,9 @@ class ModelConfig(_Model):
     encoder_max_wait: float = Field(0.05, ge=0, description="Seconds the encoder waits to fill a batch.")
     head_batch: int = Field(16, ge=1, le=256, description="Maximum windows the head scores in one batch.")
     head_max_wait: float = Field(0.02, ge=0, description="Seconds the head waits to fill a batch.")
+    head_int8: bool = Field(True, description=(
+        "Run the bundle's INT8 head (head.int8.onnx, from dsanet export --head-int8, accuracy-gated) when it has "
+        "one, on ONNX Runtime; false = always the fp32 head.onnx."))
     queue_size: int = Field(64, ge=1, description="Bound of each work queue; when full the oldest item is dropped and counted.")
     encoder: TritonEncoderConfig | None = Field(None, description=(
         "Run the encoder elsewhere: {runtime: triton, url, model}; unset = in this process on 'runtime'."))

@@ -90,7 +90,8 @@ class Models:
                          head_max_batch=local_head.max_batch, threads=model_cfg.threads)
         else:
             bundle, encoder, head = load_models(model_cfg.bundle, runtime=model_cfg.runtime, device=model_cfg.device,
-                                                precision=model_cfg.precision, threads=model_cfg.threads)
+                                                precision=model_cfg.precision, threads=model_cfg.threads,
+                                                head_int8=model_cfg.head_int8)
             desc = head.describe() if hasattr(head, "describe") else {}
             runtime = str(desc.get("runtime") or desc.get("name") or model_cfg.runtime) if isinstance(desc, dict) \
                 else model_cfg.runtime

@@ -80,6 +80,9 @@ def test_head_bench_reports_the_ratio_at_the_target_case(bench_cache: Path) -> N
     assert ratio > 0 and res["W"] == "256" and res["B"] == "8"
     assert number(res, "ratio_w256_b1") > 0
     assert "ORT vs torch eager at W=256, B=8" in out
+    # the official forward is a recorded anchor (labelled so), set beside our live W=256, B=1 row
+    assert number(res, "official_ms_recorded") > 0 and "RECORDED" in out
+    assert number(res, "torch_vs_official_recorded") > 0 and number(res, "ort_vs_official_recorded") > 0
 
 
 def test_encoder_bench_tiny_reports_throughput_and_int8_cosine(bench_cache: Path) -> None:

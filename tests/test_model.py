@@ -253,3 +253,23 @@ def test_config_json_round_trip_and_errors() -> None:
 def test_build_model_rejects_a_clip_of_another_width(clip_dir) -> None:  # noqa: ANN001
     with pytest.raises(ModelConfigError, match="wide"):
         build_model(DSANetConfig.ucf(text_width=512), clip_dir)
+
+
+@pytest.mark.parametrize(("length", "window", "heads"), [(256, 8, 1), (10, 3, 1), (32, 32, 1), (64, 8, 4), (20, 6, 2)])
+def test_block_attention_equals_the_masked_dense_product(length: int, window: int, heads: int) -> None:
+    """Window-by-window attention computes the official masked [L, L] product (tail window included)."""
+    from engine.model.backbone import WindowAttention
+
+    torch.manual_seed(length + window)
+    attn = WindowAttention(16 * heads, heads, length, window).eval()
+    x = torch.randn(3, length, 16 * heads)
+    with torch.no_grad():
+        block, dense = attn(x), attn.dense_forward(x, window_mask(length, window))
+    assert block.shape == dense.shape and (block - dense).abs().max() <= 1e-5
+    # and a window really limits what a row sees: changing the first window leaves every later row as it was
+    y = x.clone()
+    y[:, :window] += 1.0
+    with torch.no_grad():
+        moved = attn(y)
+    assert not torch.allclose(moved[:, :window], block[:, :window], atol=1e-4)
+    assert torch.allclose(moved[:, window:], block[:, window:], atol=1e-6)

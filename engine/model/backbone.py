@@ -33,9 +33,16 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
+def linear_rows(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` computed on x flattened to [rows, in]: the same values, but the exported graph gets a
+    2-D MatMul + bias Add that ONNX Runtime fuses into one Gemm (a 3-D MatMul keeps a separate Add)."""
+    y = F.linear(x.reshape(-1, x.shape[-1]), layer.weight, layer.bias)
+    return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
 def mlp4(width: int) -> nn.Sequential:
     """width -> 4*width -> width with QuickGELU (CLIP block MLP; VadCLIP's MLP1/MLP2)."""
-    return nn.Sequential(nn.Linear(width, width * 4), QuickGELU(), nn.Linear(width * 4, width))
+    return Mlp4(width)
 
 
 def window_mask(length: int, window: int, device: torch.device | None = None) -> torch.Tensor:
@@ -78,19 +85,65 @@ def similarity_adjacency(x: torch.Tensor, lengths: torch.Tensor, threshold: floa
     return adj * valid[:, :, None].to(adj.dtype)
 
 
-class WindowAttention(nn.Module):
-    """Multi-head self-attention with an additive mask (parameters laid out as nn.MultiheadAttention)."""
+def window_blocks(length: int, window: int) -> tuple[int, int]:
+    """(number of full-size leading windows, size of the last window) of ``window_mask``'s partition:
+    ``length // window`` windows, the last one absorbing the ``length % window`` tail rows."""
+    n = max(length // window, 1)
+    return n - 1, length - (n - 1) * window
 
-    def __init__(self, width: int, heads: int) -> None:
+
+def _block_softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T) v over the last two axes (q already scaled)."""
+    return torch.softmax(q @ k.transpose(-2, -1), dim=-1) @ v
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention restricted to the windows of ``window_mask`` (parameters laid out as
+    nn.MultiheadAttention).
+
+    Computed block by block: the sequence is cut into its windows ([B, n, heads, w, hd]) and each window
+    attends to itself only, which is exactly the masked full product (``exp(-inf) = 0`` removes every
+    out-of-window term from the softmax) with ``window / length`` of its multiply-adds and softmax work.
+    The partition is static (the head always pads to ``visual_length``), so the graph exports as plain
+    Reshape/Transpose/MatMul with no mask constant.
+    """
+
+    def __init__(self, width: int, heads: int, length: int, window: int) -> None:
         super().__init__()
         self.heads = heads
+        self.length = length
+        self.window = window
         self.in_proj = nn.Linear(width, 3 * width)
         self.out_proj = nn.Linear(width, width)
         nn.init.xavier_uniform_(self.in_proj.weight)
         nn.init.zeros_(self.in_proj.bias)
         nn.init.zeros_(self.out_proj.bias)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        h, hd, w = self.heads, d // self.heads, self.window
+        full, tail = window_blocks(self.length, w)
+        if tail == w:  # w divides the length: every window is full-size, one batched product
+            full, tail = full + 1, 0
+        qkv = linear_rows(self.in_proj, x)  # [B, T, 3D]
+        # [B, T, 3D] -> [3, B, T, heads, hd]; q scaled before the product (one pass over B*T*D)
+        qkv = qkv.reshape(b, self.length, 3, h, hd).permute(2, 0, 1, 3, 4)
+        q, k, v = qkv[0] * (hd ** -0.5), qkv[1], qkv[2]
+
+        def attend(start: int, n: int, size: int) -> torch.Tensor:
+            # rows start .. start + n*size as n windows of `size`: [B*n, heads, size, hd] (4-D products)
+            def blocks(z: torch.Tensor) -> torch.Tensor:
+                return z[:, start: start + n * size].reshape(b * n, size, h, hd).transpose(1, 2)
+
+            out = _block_softmax_attention(blocks(q), blocks(k), blocks(v))
+            return out.transpose(1, 2).reshape(b, n * size, d)
+
+        parts = ([attend(0, full, w)] if full else []) + ([attend(full * w, 1, tail)] if tail else [])
+        out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        return linear_rows(self.out_proj, out)
+
+    def dense_forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The same attention as one masked [T, T] product (the official formulation), for tests."""
         b, t, d = x.shape
         hd = d // self.heads
         q, k, v = self.in_proj(x).chunk(3, dim=-1)
@@ -102,18 +155,31 @@ class WindowAttention(nn.Module):
         return self.out_proj(out.transpose(1, 2).reshape(b, t, d))
 
 
+class Mlp4(nn.Sequential):
+    """width -> 4*width -> width with QuickGELU (CLIP block MLP; VadCLIP's MLP1/MLP2); state-dict keys
+    ``0.*`` and ``2.*`` as the plain ``nn.Sequential`` it replaces. Linears run on [rows, width]."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__(nn.Linear(width, width * 4), QuickGELU(), nn.Linear(width * 4, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fc, act, proj = self[0], self[1], self[2]
+        assert isinstance(fc, nn.Linear) and isinstance(proj, nn.Linear)
+        return linear_rows(proj, act(linear_rows(fc, x)))
+
+
 class ResidualAttentionBlock(nn.Module):
     """CLIP pre-LN block: x + attn(LN(x)); x + MLP(LN(x))."""
 
-    def __init__(self, width: int, heads: int) -> None:
+    def __init__(self, width: int, heads: int, length: int, window: int) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(width)
-        self.attn = WindowAttention(width, heads)
+        self.attn = WindowAttention(width, heads, length, window)
         self.ln_2 = nn.LayerNorm(width)
         self.mlp = mlp4(width)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), mask)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
         return x + self.mlp(self.ln_2(x))
 
 
@@ -143,7 +209,8 @@ class VadClipBackbone(nn.Module):
         w = config.visual_width
         self.frame_position_embeddings = nn.Embedding(config.visual_length, w)
         nn.init.normal_(self.frame_position_embeddings.weight, std=0.01)
-        self.temporal = nn.ModuleList(ResidualAttentionBlock(w, config.visual_heads)
+        self.temporal = nn.ModuleList(ResidualAttentionBlock(w, config.visual_heads, config.visual_length,
+                                                             config.attn_window)
                                       for _ in range(config.visual_layers))
         half = w // 2
         self.gc1 = GraphConvolution(w, half)
@@ -156,23 +223,22 @@ class VadClipBackbone(nn.Module):
         self.mlp2 = mlp4(w)  # classifier input refinement
         self.classifier = nn.Linear(w, 1)
         # Constant graphs; not persistent so checkpoints hold learnt weights only.
-        self.register_buffer("attn_mask", window_mask(config.visual_length, config.attn_window), persistent=False)
         self.register_buffer("dist_adj", distance_adjacency(config.visual_length), persistent=False)
 
     def encode_video(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """[B, L, D] padded embeddings -> visual features X [B, L, D] (L = visual_length)."""
         x = x.float() + self.frame_position_embeddings.weight[None, : x.shape[1]]
         for block in self.temporal:
-            x = block(x, self.attn_mask)
+            x = block(x)
         adj = similarity_adjacency(x, lengths, self.config.gcn_threshold)
         dis = self.dist_adj
         x1 = self.gelu(self.gc2(self.gelu(self.gc1(x, adj)), adj))
         x2 = self.gelu(self.gc4(self.gelu(self.gc3(x, dis)), dis))
-        return self.linear(torch.cat((x1, x2), dim=2))
+        return linear_rows(self.linear, torch.cat((x1, x2), dim=2))
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         """Anomaly logit s [B, L] (C-branch)."""
-        return self.classifier(features + self.mlp2(features)).squeeze(-1)
+        return linear_rows(self.classifier, features + self.mlp2(features)).squeeze(-1)
 
     def align(self, features: torch.Tensor, logits: torch.Tensor, text: torch.Tensor,
               valid: torch.Tensor | None = None) -> torch.Tensor:

@@ -43,8 +43,11 @@ class OrtRunner(Runner):
     """Runs a bundle's ONNX graph in an ``InferenceSession``.
 
     It runs the bundle's graphs as they are: precision ``int8`` selects nothing by itself (the
-    encoder.onnx of a bundle exported with ``--encoder-int8`` is quantised; the head is always fp32) and
+    encoder.onnx of a bundle exported with ``--encoder-int8`` is quantised; the head is fp32 unless the
+    bundle has an INT8 head, see below) and
     warns when the bundle has no INT8 encoder; ``describe()`` reports what the files hold.
+    A head bundle exported with ``--head-int8`` runs its gated ``head.int8.onnx`` unless the option
+    ``head_int8`` is False (config ``model.head_int8``).
     Options: ``providers`` (ORT provider list, overriding the one derived from ``device``),
     ``strict_providers`` (default True: fail when a requested GPU provider is not active),
     ``inter_threads``; ``threads`` sets intra-op threads (None = ORT default, one per core).
@@ -79,6 +82,10 @@ class OrtRunner(Runner):
         ort = _import_ort()
         self._ort_version = ort.__version__
         path = self.part.onnx_path
+        int8_head = self.part.bundle.head.int8_file if self.part.kind == "head" else None
+        if int8_head and self.options.get("head_int8", True):
+            path = self.part.bundle.path(int8_head)  # gated at export (bundle.json parity.head_int8)
+        self._path = path
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3  # our own check below reports provider fallbacks clearly
@@ -115,7 +122,9 @@ class OrtRunner(Runner):
                         "--encoder-int8 for the faster CPU encoder); running fp32", self.part.label)
 
     def _quantization(self) -> str | None:
-        return self.part.bundle.encoder.quantization if self.part.kind == "encoder" else None
+        if self.part.kind == "encoder":
+            return self.part.bundle.encoder.quantization
+        return "int8-dynamic" if self._path.name == self.part.bundle.head.int8_file else None
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = self.session.run(self._outputs, {k: inputs[k] for k in self._inputs}, self._run_options)
@@ -127,7 +136,7 @@ class OrtRunner(Runner):
         return {
             "runtime": self.name,
             "model": self.part.kind,
-            "file": self.part.onnx_path.name,
+            "file": self._path.name,
             "device": self.device if on_gpu else "cpu",
             "providers": self.active,
             "requested_providers": [_provider_name(p) for p in self.requested],

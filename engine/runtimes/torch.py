@@ -33,6 +33,12 @@ log = logging.getLogger(__name__)
 
 TORCH_HINT = "pip install torch (or the 'dsanet-stream[tensorrt]' / '[train]' extras)"
 
+# Intra-op threads on CPU when ``threads`` is not given. Measured fastest (BENCHMARKS.md, head section):
+# on the 2-core reference machine the DSANet head in torch eager took 76 ms at 1 thread vs 931 ms at 2
+# (2026-11-29, quiet), and 1 thread is also faster or equal for the encoder; torch's default (one thread
+# per core) loses on small per-call work. Set ``model.threads`` to override.
+DEFAULT_CPU_THREADS = 1
+
 
 def import_torch() -> Any:
     try:
@@ -129,7 +135,8 @@ def probe_torch(device: str) -> str | None:
 @register_runtime("torch")
 class TorchRunner(Runner):
     """Options: ``compile`` (bool, default False), ``compile_mode`` (torch.compile mode, e.g.
-    'reduce-overhead' or 'max-autotune'); ``threads`` sets ``torch.set_num_threads``."""
+    'reduce-overhead' or 'max-autotune'); ``threads`` sets ``torch.set_num_threads`` (on CPU, unset means
+    ``DEFAULT_CPU_THREADS``, the count that measured fastest)."""
 
     precisions = ("fp32", "fp16", "bf16")
 
@@ -142,9 +149,10 @@ class TorchRunner(Runner):
         self._torch = torch
         if cuda_device(self.device) and not torch.cuda.is_available():
             raise RuntimeUnavailable(f"torch {torch.__version__} cannot use CUDA here (CPU-only build or no GPU)")
-        if self.threads:
-            torch.set_num_threads(int(self.threads))
         self._device = torch.device(self.device)
+        threads = self.threads or (DEFAULT_CPU_THREADS if self._device.type == "cpu" else None)
+        if threads:
+            torch.set_num_threads(int(threads))
         self._dtype = torch_dtype(self.precision)
         module = load_module(self.part).to(self._device)
         self.compiled = bool(self.options.get("compile", False))

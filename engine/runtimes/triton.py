@@ -449,9 +449,10 @@ def load_with_remote_encoder(model_cfg: Any) -> tuple[Bundle, TritonEncoderModel
     part = ModelPart(bundle, HEAD)
     device = normalise_device(model_cfg.device)
     if model_cfg.runtime == "auto":
-        head, _ = create_auto(part, device=device, precision=model_cfg.precision, threads=model_cfg.threads)
+        head, _ = create_auto(part, device=device, precision=model_cfg.precision, threads=model_cfg.threads,
+                              head_int8=model_cfg.head_int8)
     else:
         head = create_runner(model_cfg.runtime, part, device=device, precision=model_cfg.precision,
-                             threads=model_cfg.threads)
+                             threads=model_cfg.threads, head_int8=model_cfg.head_int8)
     encoder = load_triton_encoder(bundle, **model_cfg.encoder.runner_options())
     return bundle, encoder, HeadModel(bundle, head)
