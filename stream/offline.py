@@ -42,6 +42,7 @@ import numpy as np
 from engine.bundle import DEFAULT_MAX_WINDOW
 from engine.errors import DataError, DsanetError
 from stream.events import Event, EventMachine, EventSettings
+from stream.feedback.swap import BundleIds
 from stream.reader import LazyFrame, MediaClock
 from stream.scoring import DropOldestQueue, EncoderWorker
 from stream.snippets import SnippetCutter, SnippetSpec
@@ -404,6 +405,7 @@ def score_video(video: str | os.PathLike[str], models: tuple[Any, Any, Any], *, 
         class_names, display_names = cats.keys, cats.names
     machine = EventMachine(cam, settings, list(class_names), list(display_names),
                            model_info={"name": getattr(bundle, "name", None), "hash": _short_hash(bundle)})
+    machine.bundle = BundleIds.of(bundle).short  # events name their bundle, as live ones do
     enc_batch = max(1, min(encoder_batch, int(getattr(encoder, "max_batch", encoder_batch))))
     hd_batch = max(1, min(head_batch, int(getattr(head, "max_batch", head_batch))))
 

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from stream.events import Event, EventMachine, EventSettings, parse_iso_utc
+from stream.feedback.swap import BundleIds
 from stream.offline import ScoreResult, format_mmss, score_video
 from stream.types import WindowScore
 from stream.window import streaming_scores
@@ -28,7 +29,8 @@ from stream.window import streaming_scores
 FPS, SECONDS, EVENT = 25, 8.0, (3.0, 6.0)
 WIDTH, HEIGHT = 320, 240
 LIVE_KEYS = ["schema", "id", "seq", "type", "camera", "category", "category_key", "category_score", "score",
-             "peak_score", "start_time", "end_time", "updated_time", "snippets", "model", "evidence", "reason"]
+             "peak_score", "start_time", "end_time", "updated_time", "snippets", "model", "evidence", "reason",
+             "bundle"]
 
 
 def run_cli(*argv: str) -> tuple[int, str, str]:
@@ -165,6 +167,7 @@ def test_events_come_from_the_live_event_machine(clip: Path, models: tuple[Any, 
     np.testing.assert_allclose(res.scores, s, atol=1e-5)
     machine = EventMachine("cam-1", settings, list(res.class_names), list(res.display_names),
                            model_info={"name": res.bundle_name, "hash": res.bundle_hash})
+    machine.bundle = BundleIds.of(models[0]).short
     want = machine.push_many([
         WindowScore("cam-1", i, float(res.start_s[i]), float(res.end_s[i]), float(res.scores[i]),
                     tuple(map(float, res.class_probs[i])), i, float(res.end_s[i])) for i in range(res.n_snippets)])
@@ -206,6 +209,7 @@ def test_events_jsonl_live_schema_and_semantics(cli_run: dict[str, Any], clip: P
         d = json.loads(line)
         assert list(d)[: len(LIVE_KEYS)] == LIVE_KEYS and list(d)[len(LIVE_KEYS):] == ["video"]
         ev = Event.from_dict(d)  # the live parser accepts it
+        assert isinstance(d["bundle"], str) and len(d["bundle"]) == 12 and int(d["bundle"], 16) >= 0
         assert ev.camera == clip.stem and d["model"]["name"].startswith("tiny")
         # ISO times are epoch 0 + seconds into the video; "video" carries the same seconds
         assert d["start_time"].startswith("1970-01-01T00:0")
