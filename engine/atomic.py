@@ -8,6 +8,7 @@ never a torn one.
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 
@@ -28,11 +29,13 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
 def atomic_write(path: str | os.PathLike[str], data: bytes | str, *, fsync: bool = True) -> Path:
     """Replace ``path`` with ``data`` atomically; with ``fsync`` the new content is on disk on return.
 
-    The temp file is ``<name>.tmp`` in the same folder (a rename across file systems is not atomic);
-    it is removed if the write fails, so a failed write leaves the old file untouched.
+    The temp file is ``<name>.<pid>-<random>.tmp`` in the same folder (a rename across file systems is
+    not atomic; a name of its own per writer, because two processes may share a folder, e.g. sharded
+    workers writing one site-data folder); it is removed if the write fails, so a failed write leaves
+    the old file untouched.
     """
     final = Path(path)
-    tmp = final.with_name(final.name + ".tmp")
+    tmp = final.with_name(f"{final.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     payload = data.encode("utf-8") if isinstance(data, str) else data
     try:
         with open(tmp, "wb") as f:
