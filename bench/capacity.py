@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     cache_dir,
     cpu_seconds,
+    dropped_total,
     print_header,
     quiet_logs,
     result_line,
@@ -135,15 +136,6 @@ def thread_cpu(names: tuple[str, ...]) -> dict[str, float]:
             except (OSError, AttributeError):
                 pass
     return out
-
-
-def dropped_total(svc: Any) -> float:
-    total = 0.0
-    for metric in svc.metrics.dropped_c.collect():
-        for s in metric.samples:
-            if s.name.endswith("_total"):
-                total += s.value
-    return total
 
 
 def reused_total(svc: Any) -> float:

@@ -299,3 +299,13 @@ def quiet_logs() -> None:
     logging.basicConfig(level=logging.WARNING)
     for name in ("stream", "engine", "libav"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def dropped_total(svc: Any) -> float:
+    """Every item a running Service dropped so far (``dsanet_dropped_total``, all stages and cameras)."""
+    total = 0.0
+    for metric in svc.metrics.dropped_c.collect():
+        for s in metric.samples:
+            if s.name.endswith("_total"):
+                total += s.value
+    return total

@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     cache_dir,
     cpu_seconds,
+    dropped_total,
     print_header,
     quiet_logs,
     result_line,
@@ -106,7 +107,7 @@ def run_service(bundle: Path, clips: list[Path], seconds: float, warmup: float, 
         mcpu = sum(model_cpu) - mcpu0
         frames = sum(c.reader.stats.frames for c in svc.cameras.values()) - frames0
         scored = sum(c.status.scored for c in svc.cameras.values()) - scored0
-        dropped = _dropped(svc)
+        dropped = dropped_total(svc)
     finally:
         svc.request_stop("benchmark done")
         svc.shutdown()
@@ -135,15 +136,6 @@ def _time_model_calls(svc: Any) -> list[float]:
     svc.encoder.embed = wrap(svc.encoder.embed, 0)
     svc.head.score = wrap(svc.head.score, 1)
     return acc
-
-
-def _dropped(svc: Any) -> float:
-    total = 0.0
-    for metric in svc.metrics.dropped_c.collect():
-        for s in metric.samples:
-            if s.name.endswith("_total"):
-                total += s.value
-    return total
 
 
 def model_costs(bundle: Path, threads: int, batch: int = 8, calls: int = 3) -> dict[str, float]:
