@@ -260,6 +260,45 @@ def vitb16_bundle(encoder_int8: bool = False) -> Path:
     return out
 
 
+def vitb16_head_int8_bundle(encoder_int8: bool = False) -> Path:
+    """``vitb16_bundle`` plus a dynamic-INT8 head (``with_head_int8``), cached: what the INT8 head costs."""
+    return with_head_int8(vitb16_bundle(encoder_int8))
+
+
+def with_head_int8(base: Path) -> Path:
+    """A copy of bundle ``base`` (as ``<name>-head-int8`` beside it, cached) that also ships a dynamic-INT8
+    ``head.int8.onnx``, which the ONNX Runtime runner then uses.
+
+    Cost only: a benchmark bundle has random weights and no test features to gate the INT8 head on (what
+    ``dsanet export --head-int8`` does), so ``parity.head_int8`` records that it was not gated.
+    """
+    import json
+    import shutil
+
+    from engine.bundle import HEAD_INT8_ONNX, sha256_file
+    from export.onnx_export import quantize_head_int8
+
+    out = base.with_name(base.name + "-head-int8")
+    if (out / "bundle.json").is_file():
+        return out
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(base, tmp)
+    meta = json.loads((tmp / "bundle.json").read_text())
+    quantize_head_int8(tmp / meta["head"]["file"], tmp / HEAD_INT8_ONNX)
+    meta["name"] = out.name
+    meta["head"]["int8_file"] = HEAD_INT8_ONNX
+    meta["files"][HEAD_INT8_ONNX] = {"sha256": sha256_file(tmp / HEAD_INT8_ONNX),
+                                     "bytes": (tmp / HEAD_INT8_ONNX).stat().st_size}
+    meta.setdefault("parity", {})["head_int8"] = {
+        "quantization": "int8-dynamic", "data": "none: benchmark bundle with random weights, cost only, not gated",
+        "passed": True}
+    (tmp / "bundle.json").write_text(json.dumps(meta, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
 def make_clip(path: Path, seconds: float, width: int, height: int, fps: int = 25, seed: int = 0,
               events: Sequence[Any] = ()) -> Path:
     """A generated H.264 scene (``export.demo.video``), cached by name."""

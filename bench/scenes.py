@@ -10,8 +10,9 @@ cameras send), in H.264 (libx264) or H.265 (libx265).
 Two scenes:
 
 * ``busy``: the background pans slowly and six textured objects cross it all the time (a street);
-* ``still``: a fixed background with sensor noise; one object crosses it for 2 s out of every 20 s
-  (a parking lot at night).
+* ``still``: a fixed background with sensor noise (a parking lot at night); one object crosses it for 2 s
+  out of every 20 s, at a moment of the cycle set by the seed (cameras made with different seeds are not
+  in phase).
 
 Clips are cached by their parameters under the bench cache.
 """
@@ -68,6 +69,9 @@ class Scene:
             self.objs.append((otex.astype(np.float32), rng.uniform(0.1, 0.9) * height, rng.uniform(40, 160),
                               rng.uniform(0, 1)))
         self.noise = [rng.normal(0, 3.0, (height, width, 1)).astype(np.float32) for _ in range(7)]
+        # still scene: when in its 20 s cycle the object crosses, by seed, so that several cameras made
+        # with different seeds do not all move at the same moment (real cameras are not in phase)
+        self.offset = (seed * 7.0) % 20.0
 
     def frame(self, i: int) -> np.ndarray:
         t = i / self.fps
@@ -78,7 +82,7 @@ class Scene:
             img = self.bg[:self.h, :self.w].copy()
         for k, (otex, y, speed, phase) in enumerate(self.objs):
             if self.kind == "still":
-                cyc = t % 20.0
+                cyc = (t + self.offset) % 20.0
                 if not 9.0 <= cyc < 11.0:
                     continue
                 x = int((cyc - 9.0) / 2.0 * (self.w + otex.shape[1])) - otex.shape[1]
@@ -125,4 +129,4 @@ def make_camera_clip(path: Path, width: int, height: int, fps: int, seconds: flo
 
 
 def clip_name(width: int, height: int, fps: int, seconds: float, codec: str, scene: str, seed: int = 0) -> str:
-    return f"cam_{scene}_{width}x{height}_{fps}fps_{codec}_{seconds:g}s_s{seed}.mp4"
+    return f"cam_{scene}_{width}x{height}_{fps}fps_{codec}_{seconds:g}s_s{seed}_v2.mp4"

@@ -195,3 +195,43 @@ def test_calibration_bench_learns_thresholds_that_meet_the_target(bench_cache: P
     _, res = run_script("calibration.py", ["--quick"], bench_cache)
     assert number(res, "fa_learned") <= 2.0 < number(res, "fa_default")
     assert number(res, "on_learned") >= 0.3
+
+
+def test_with_head_int8_makes_a_bundle_whose_runner_uses_the_int8_head(tiny_bundle_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from common import with_head_int8
+
+    from engine.bundle import describe_parity, load_bundle
+    from engine.runtime import load_models
+
+    base = tmp_path / "tiny"
+    shutil.copytree(tiny_bundle_dir, base)
+    out = with_head_int8(base)
+    assert out.name == "tiny-head-int8" and with_head_int8(base) == out  # cached, built once
+    b = load_bundle(out)  # hashes verified, INT8 graph checked against head.onnx's names and shapes
+    assert b.head.int8_file == "head.int8.onnx" and "head_int8 not gated" in describe_parity(b.parity)
+    _, _, head = load_models(out, runtime="onnxruntime", device="cpu", threads=1)
+    _, _, ref = load_models(base, runtime="onnxruntime", device="cpu", threads=1)
+    assert head.runner.describe()["file"] == "head.int8.onnx" and head.runner.describe()["precision"] == "int8-dynamic"
+    assert ref.runner.describe()["file"] == "head.onnx" and ref.runner.describe()["precision"] == "fp32"
+
+
+def test_capacity_searches_both_criteria_without_running_any_n_twice(monkeypatch) -> None:
+    import capacity
+
+    tried: list[int] = []
+
+    def fake_run(bundle, clips, *a, **k):
+        n = len(clips)
+        tried.append(n)
+        return {"ok": n <= 3, "keeps_up": n <= 6, "n": n, "lag_p50": 0.1, "lag_p95": 0.2, "dropped": 0.0,
+                "scored": 1, "due": 1.0, "cpu": 1.0, "wall": 1.0}
+
+    monkeypatch.setattr(capacity, "run_once", fake_run)
+    done: dict[int, dict] = {}
+    args = ("t", Path("b"), lambda k: [Path("c")] * k, 1, 1, 1, 1, 64, 8, [], [])
+    keep, _ = capacity.search(*args, say=lambda *_: None, key="keeps_up", done=done)
+    strict, _ = capacity.search(*args, say=lambda *_: None, key="ok", done=done)
+    assert (keep, strict) == (6, 3)
+    assert len(tried) == len(set(tried)) == len(done)  # the second search reused the first one's runs
