@@ -15,6 +15,7 @@ class-probability matrix [T, C] (column 0 = normal), and returns the headline fi
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -191,7 +192,8 @@ def top1_accuracy(class_probs: Sequence[np.ndarray], gt: GroundTruth, preset: st
         sub = [r for r in rows if r[0] == code]
         if sub:
             per_class[code] = _top1_summary(sub)
-            confusion[code] = {c: n for c in raw[1:] if (n := sum(r[1] == c for r in sub))}
+            counts = Counter(r[1] for r in sub)
+            confusion[code] = {c: counts[c] for c in raw[1:] if counts[c]}
     out["per_class"] = per_class
     out["confusion"] = confusion
     return out

@@ -47,6 +47,8 @@ def test_bundle_carries_text_tower_tokenizer_and_open_head_with_parity(tiny_bund
     t, o = b.parity["text"], b.parity["head_open"]
     assert t["passed"] and t["max_abs"] <= 1e-5 and t["token_mismatches"] == []
     assert o["passed"] and o["max_abs"] <= 1e-5 and len(o["cases"]) >= 4
+    print(f"parity (bundle.json): text max|diff| {t['max_abs']:.3g}, head_open max|diff| {o['max_abs']:.3g} "
+          f"over {len(o['cases'])} cases")
     assert "editable (text.onnx, head_open.onnx)" in b.describe()
 
 
@@ -59,7 +61,9 @@ def test_text_onnx_reproduces_the_baked_class_features(tiny_bundle_dir: Path) ->
     baked = load_file(str(tiny_bundle_dir / "head.safetensors"))["text_features"]
     got = build(b, CategoryEdit()).features
     assert got is not None and got.shape == baked.shape
-    assert float(np.abs(got - baked).max()) <= 1e-5
+    diff = float(np.abs(got - baked).max())
+    print(f"parity: deployed class features vs head.safetensors max|diff| {diff:.3g}")
+    assert diff <= 1e-5
 
 
 def test_head_open_matches_baked_head_for_the_bundles_own_classes(tiny_bundle_dir: Path) -> None:
@@ -75,6 +79,7 @@ def test_head_open_matches_baked_head_for_the_bundles_own_classes(tiny_bundle_di
         s0, p0 = head.score(feats, lengths)
         s1, p1 = open_head.score(feats, lengths)
         worst = max(worst, float(np.abs(s0 - s1).max()), float(np.abs(p0 - p1).max()))
+    print(f"parity: head_open.onnx vs head.onnx (ONNX Runtime) max|diff| {worst:.3g}")
     assert worst <= 1e-5
 
 
@@ -103,6 +108,7 @@ def test_torch_runtime_open_head_matches_the_baked_head_and_takes_new_classes(ti
         for name, head in (("torch", torch_head), ("onnxruntime", ort_head)):
             s0, p0 = head.score(feats, lengths)
             worst[name] = max(worst[name], float(np.abs(s0 - s1).max()), float(np.abs(p0 - p1).max()))
+    print("parity: torch open head vs " + ", ".join(f"{k} baked head max|diff| {v:.3g}" for k, v in worst.items()))
     assert max(worst.values()) <= 1e-5, worst
     more = build(bundle, CategoryEdit(add=(AddedCategory("Person falling", ("a person falls down",)),)))
     open_head.set_categories(more)
@@ -139,6 +145,7 @@ def test_text_parity_with_several_prompts_per_class(tiny_clip_dir: Path, tmp_pat
                           eos, int(tok.pad_token_id))
     assert figures["passed"], figures
     assert figures["prompts"] == 6 and figures["max_abs"] <= 1e-5
+    print(f"parity: text.onnx + averaging vs torch, 3 classes / 6 prompts, max|diff| {figures['max_abs']:.3g}")
 
 
 def test_old_bundle_without_text_tower_still_loads_and_only_renames(tiny_bundle_dir: Path, copy_bundle) -> None:
