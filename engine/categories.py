@@ -12,12 +12,19 @@ turns words into those features here, on ONNX Runtime with the ``tokenizers`` pa
   features, then L2-normalised), so an unedited class list reproduces the baked-in head; an added
   class with several prompts is a CLIP prompt ensemble: the mean of the L2-normalised per-prompt
   features, renormalised;
-- a rename or drop naming no class is an error naming the key (``model.categories.rename`` ...).
+- ``rename`` and ``drop`` name the bundle's classes (by key or display name, case-insensitively), as
+  they are before the edit; a class renamed twice, dropped twice, or both renamed and dropped is an
+  error, and so is a new or added name that another category already has as its name or key;
+- a category name is at most ``MAX_NAME_CHARS`` characters without control or invisible characters
+  (a newline would break CSV headers, log lines and one-line event texts); an added prompt must fit
+  the text tower's token limit (CLIP would silently drop its end);
+- every error names the key (``model.categories.rename``, ``model.categories.add[1]`` ...).
 """
 
 from __future__ import annotations
 
 import threading
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +37,8 @@ from engine.errors import DsanetError, InputError
 
 # Above this cosine two classes' text features are called near-duplicates (see docs/categories.md).
 NEAR_DUPLICATE_COSINE = 0.9
+# The longest category name (it is shown in events, CSV headers, metrics labels and the console).
+MAX_NAME_CHARS = 64
 
 
 class CategoryError(DsanetError):
@@ -51,9 +60,12 @@ class CategoryEdit:
     drop: tuple[str, ...] = ()
     where: str = "model.categories"  # the config key errors name ("" for command-line flags)
 
-    def key(self, part: str) -> str:
-        """How an error names ``part`` (add, rename, drop): the config key, or the flag."""
-        return f"{self.where}.{part}" if self.where else f"--{part}"
+    def key(self, part: str, index: int | None = None) -> str:
+        """How an error names ``part`` (add, rename, drop), or its ``index``-th entry: the config key
+        (``model.categories.add[1]``), or the flag (``--add``)."""
+        if not self.where:
+            return f"--{part}"
+        return f"{self.where}.{part}" + ("" if index is None else f"[{index}]")
 
     @property
     def empty(self) -> bool:
@@ -81,6 +93,22 @@ def _norm(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
+def name_problem(name: str) -> str | None:
+    """Why ``name`` (leading and trailing spaces aside) cannot name a category, or None when it can:
+    empty, longer than ``MAX_NAME_CHARS``, or holding control or invisible characters (Unicode
+    categories C*: newline, tab, NUL, zero-width space ...). Letters of any script, digits, spaces and
+    punctuation are fine."""
+    s = str(name).strip()
+    if not s:
+        return "is empty"
+    if len(s) > MAX_NAME_CHARS:
+        return f"is {len(s)} characters long (at most {MAX_NAME_CHARS})"
+    bad = sorted({f"U+{ord(ch):04X}" for ch in s if unicodedata.category(ch).startswith("C")})
+    if bad:
+        return f"holds control or invisible characters ({', '.join(bad)})"
+    return None
+
+
 def parse_add(spec: str) -> AddedCategory:
     """``"Name: prompt; prompt"`` (the ``dsanet categories --add`` form) -> ``AddedCategory``."""
     name, sep, rest = spec.partition(":")
@@ -106,33 +134,61 @@ def resolve(bundle: Bundle, edit: CategoryEdit) -> CategorySet:
     keys = list(bundle.class_names)
     names = list(bundle.display_names or bundle.class_names)
     prompts: list[tuple[str, ...]] = list(bundle_prompts(bundle)) if bundle.text is not None else [()] * len(keys)
+    orig = tuple(zip(keys, names, strict=True))
 
     def find(label: str, key: str) -> int:
-        for i, (k, n) in enumerate(zip(keys, names, strict=True)):
-            if label in (k, n):
-                return i
-        raise CategoryError(f"{edit.key(key)}: no category named {label!r} (categories: {', '.join(names)})")
+        """The bundle class ``label`` names (key or display name; exact first, then ignoring case)."""
+        text = str(label).strip()
+        for fold in (False, True):
+            for i, (k, n) in enumerate(orig):
+                if text in (k, n) or (fold and text.lower() in (k.lower(), n.lower())):
+                    return i
+        raise CategoryError(f"{key}: no category named {label!r} (categories: {', '.join(n for _, n in orig)})")
 
+    renamed: dict[int, str] = {}
     for old, new in edit.rename.items():
-        i = find(old, "rename")
-        if not str(new).strip():
-            raise CategoryError(f"{edit.key('rename')}: the new name for {old!r} is empty")
-        names[i] = str(new).strip()
+        i = find(old, edit.key("rename"))
+        if i in renamed:
+            raise CategoryError(f"{edit.key('rename')}: {old!r} and an earlier entry both rename {orig[i][1]!r} "
+                                f"(key {orig[i][0]!r})")
+        problem = name_problem(str(new))
+        if problem:
+            raise CategoryError(f"{edit.key('rename')}: the new name for {old!r} {problem}")
+        renamed[i] = str(new).strip()
+    dropped: list[int] = []
     for label in edit.drop:
-        i = find(label, "drop")
+        i = find(label, edit.key("drop"))
         if i == 0:
             raise CategoryError(f"{edit.key('drop')}: {label!r} is the normal class, which is always the first category")
-        del keys[i], names[i], prompts[i]
+        if i in dropped:
+            raise CategoryError(f"{edit.key('drop')}: {label!r} is listed twice (both name {orig[i][1]!r})")
+        if i in renamed:
+            raise CategoryError(f"{edit.key('drop')}: {label!r} is also renamed in {edit.key('rename')}; "
+                                "drop it or rename it, not both")
+        dropped.append(i)
+    for i, new in renamed.items():
+        names[i] = new
+    for i, new in renamed.items():
+        for j in range(len(keys)):
+            if j != i and j not in dropped and new.lower() in (names[j].lower(), keys[j].lower()):
+                raise CategoryError(f"{edit.key('rename')}: {orig[i][1]!r} -> {new!r} would share the name of another "
+                                    f"category ({names[j]!r}, key {keys[j]!r})")
+    kept = [i for i in range(len(keys)) if i not in dropped]
+    keys, names, prompts = [keys[i] for i in kept], [names[i] for i in kept], [prompts[i] for i in kept]
     added = [False] * len(keys)
-    for a in edit.add:
+    for j, a in enumerate(edit.add):
+        where = edit.key("add", j)
+        problem = name_problem(a.name)
+        if problem:
+            raise CategoryError(f"{where}: the name {a.name!r} {problem}")
+        name = a.name.strip()
         if not a.prompts or not all(p.strip() for p in a.prompts):
-            raise CategoryError(f"{edit.key('add')}: {a.name!r} needs at least one non-empty prompt")
-        lowered = {s.lower() for s in keys + names}
-        if a.name.lower() in lowered:
-            raise CategoryError(f"{edit.key('add')}: {a.name!r} already names a category")
-        keys.append(a.name)
-        names.append(a.name)
-        prompts.append(tuple(a.prompts))
+            raise CategoryError(f"{where}: {name!r} needs at least one prompt, none of them empty")
+        if name.lower() in {s.lower() for s in keys + names}:
+            raise CategoryError(f"{where}: {name!r} already names a category")
+        keys.append(name)
+        names.append(name)
+        prompts.append(tuple(p.strip() for p in a.prompts))
         added.append(True)
     if len(keys) < 2:
         raise CategoryError(f"{edit.where or 'categories'}: at least one anomaly category must remain besides {names[0]!r}")
@@ -157,6 +213,8 @@ class TextEncoder:
             self.tokenizer = Tokenizer.from_file(str(bundle.path(spec.tokenizer)))
         except Exception as exc:  # the Rust tokenizer raises its own exception type
             raise CategoryError(f"{bundle.path(spec.tokenizer)}: cannot load the tokenizer ({exc})") from exc
+        self.tokenizer.no_truncation()  # token_ids truncates as CLIP does and pads; the file's settings must not
+        self.tokenizer.no_padding()
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         if threads:
@@ -198,7 +256,18 @@ class TextEncoder:
         return np.stack(rows).astype(np.float32)
 
 
-def with_features(categories: CategorySet, encoder: TextEncoder) -> CategorySet:
+def with_features(categories: CategorySet, encoder: TextEncoder, key: str = "model.categories.add") -> CategorySet:
+    """``categories`` with their class features; an added prompt longer than the text tower reads
+    (``max_tokens`` CLIP tokens, start and end included) is a ``CategoryError`` naming ``key``."""
+    limit = encoder.spec.max_tokens
+    for name, prompts, is_added in zip(categories.names, categories.prompts, categories.added, strict=True):
+        if not is_added:
+            continue
+        for n, prompt in enumerate(prompts, start=1):
+            length = len(encoder.tokenizer.encode(prompt).ids)
+            if length > limit:
+                raise CategoryError(f"{key}: prompt {n} of {name!r} is {length} tokens, more than the {limit} the "
+                                    "text tower reads (its end would be cut off): shorten it")
     feats = encoder.class_features(categories.prompts, categories.added)
     return CategorySet(categories.keys, categories.names, categories.prompts, categories.added, feats)
 
@@ -206,7 +275,7 @@ def with_features(categories: CategorySet, encoder: TextEncoder) -> CategorySet:
 def build(bundle: Bundle, edit: CategoryEdit, encoder: TextEncoder | None = None) -> CategorySet:
     """``resolve`` + features: the class list a head built from ``head_open.onnx`` scores against."""
     cats = resolve(bundle, edit)
-    return with_features(cats, encoder or TextEncoder(bundle))
+    return with_features(cats, encoder or TextEncoder(bundle), edit.key("add"))
 
 
 def similarities(categories: CategorySet) -> list[tuple[str, str, float]]:

@@ -283,6 +283,24 @@ class CategoryAddConfig(_Model):
     prompts: list[Annotated[str, Field(min_length=1)]] = Field(
         min_length=1, description="One or more descriptions, averaged as a CLIP prompt ensemble.")
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        from engine.categories import name_problem
+
+        problem = name_problem(v)
+        if problem:
+            raise ValueError(f"the category name {v!r} {problem}")
+        return v.strip()
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompts(cls, v: list[str]) -> list[str]:
+        blank = [i for i, p in enumerate(v) if not p.strip()]
+        if blank:
+            raise ValueError(f"prompt {blank[0]} ({v[blank[0]]!r}) is blank")
+        return v
+
 
 class CategoriesConfig(_Model):
     """Changes to the bundle's class list, applied at start without retraining (docs/categories.md)."""
@@ -291,6 +309,17 @@ class CategoriesConfig(_Model):
     rename: dict[str, Annotated[str, Field(min_length=1)]] = Field(
         default_factory=dict, description="Old name -> new display name; category_key stays the bundle's name.")
     drop: list[str] = Field(default_factory=list, description="Categories to remove (never the normal class).")
+
+    @field_validator("rename")
+    @classmethod
+    def _rename(cls, v: dict[str, str]) -> dict[str, str]:
+        from engine.categories import name_problem
+
+        for old, new in v.items():
+            problem = name_problem(new)
+            if problem:
+                raise ValueError(f"the new name for {old!r} {problem}")
+        return v
 
     def to_edit(self, where: str = "model.categories") -> CategoryEdit:
         from engine.categories import AddedCategory, CategoryEdit

@@ -121,7 +121,7 @@ class Models:
             return cats
         if self._text is None:
             self._text = TextEncoder(self.bundle, threads=self.threads)
-        cats = with_features(cats, self._text)
+        cats = with_features(cats, self._text, edit.key("add"))
         if self.open_head is None:
             head = open_head_for(self.bundle, cats, self.head, threads=self.threads)
             self.head_max_batch = min(self.head_max_batch, head.max_batch)

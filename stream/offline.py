@@ -400,7 +400,7 @@ def score_video(video: str | os.PathLike[str], models: tuple[Any, Any, Any], *, 
 
         cats = resolve(bundle, categories)
         if categories.add or categories.drop:
-            cats = with_features(cats, TextEncoder(bundle))
+            cats = with_features(cats, TextEncoder(bundle), categories.key("add"))
             head = open_head_for(bundle, cats, head)
         class_names, display_names = cats.keys, cats.names
     machine = EventMachine(cam, settings, list(class_names), list(display_names),

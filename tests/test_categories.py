@@ -47,6 +47,8 @@ def test_bundle_carries_text_tower_tokenizer_and_open_head_with_parity(tiny_bund
     t, o = b.parity["text"], b.parity["head_open"]
     assert t["passed"] and t["max_abs"] <= 1e-5 and t["token_mismatches"] == []
     assert o["passed"] and o["max_abs"] <= 1e-5 and len(o["cases"]) >= 4
+    print(f"parity (bundle.json): text max|diff| {t['max_abs']:.3g}, head_open max|diff| {o['max_abs']:.3g} "
+          f"over {len(o['cases'])} cases")
     assert "editable (text.onnx, head_open.onnx)" in b.describe()
 
 
@@ -59,7 +61,9 @@ def test_text_onnx_reproduces_the_baked_class_features(tiny_bundle_dir: Path) ->
     baked = load_file(str(tiny_bundle_dir / "head.safetensors"))["text_features"]
     got = build(b, CategoryEdit()).features
     assert got is not None and got.shape == baked.shape
-    assert float(np.abs(got - baked).max()) <= 1e-5
+    diff = float(np.abs(got - baked).max())
+    print(f"parity: deployed class features vs head.safetensors max|diff| {diff:.3g}")
+    assert diff <= 1e-5
 
 
 def test_head_open_matches_baked_head_for_the_bundles_own_classes(tiny_bundle_dir: Path) -> None:
@@ -75,6 +79,7 @@ def test_head_open_matches_baked_head_for_the_bundles_own_classes(tiny_bundle_di
         s0, p0 = head.score(feats, lengths)
         s1, p1 = open_head.score(feats, lengths)
         worst = max(worst, float(np.abs(s0 - s1).max()), float(np.abs(p0 - p1).max()))
+    print(f"parity: head_open.onnx vs head.onnx (ONNX Runtime) max|diff| {worst:.3g}")
     assert worst <= 1e-5
 
 
@@ -103,6 +108,7 @@ def test_torch_runtime_open_head_matches_the_baked_head_and_takes_new_classes(ti
         for name, head in (("torch", torch_head), ("onnxruntime", ort_head)):
             s0, p0 = head.score(feats, lengths)
             worst[name] = max(worst[name], float(np.abs(s0 - s1).max()), float(np.abs(p0 - p1).max()))
+    print("parity: torch open head vs " + ", ".join(f"{k} baked head max|diff| {v:.3g}" for k, v in worst.items()))
     assert max(worst.values()) <= 1e-5, worst
     more = build(bundle, CategoryEdit(add=(AddedCategory("Person falling", ("a person falls down",)),)))
     open_head.set_categories(more)
@@ -139,6 +145,7 @@ def test_text_parity_with_several_prompts_per_class(tiny_clip_dir: Path, tmp_pat
                           eos, int(tok.pad_token_id))
     assert figures["passed"], figures
     assert figures["prompts"] == 6 and figures["max_abs"] <= 1e-5
+    print(f"parity: text.onnx + averaging vs torch, 3 classes / 6 prompts, max|diff| {figures['max_abs']:.3g}")
 
 
 def test_old_bundle_without_text_tower_still_loads_and_only_renames(tiny_bundle_dir: Path, copy_bundle) -> None:
@@ -192,9 +199,10 @@ ERROR_CASES = [
     (CategoryEdit(rename={"Nope": "X"}), r"model\.categories\.rename: no category named 'Nope'"),
     (CategoryEdit(drop=("Nope",)), r"model\.categories\.drop: no category named 'Nope'"),
     (CategoryEdit(drop=("Normal",)), r"model\.categories\.drop: 'Normal' is the normal class"),
-    (CategoryEdit(add=(AddedCategory("Abuse", ("x",)),)), r"model\.categories\.add: 'Abuse' already names"),
-    (CategoryEdit(add=(AddedCategory("Smoke", ()),)), r"model\.categories\.add: 'Smoke' needs at least one"),
-    (CategoryEdit(rename={"Abuse": "Arson"}), r"model\.categories: two categories would share a name"),
+    (CategoryEdit(add=(AddedCategory("Abuse", ("x",)),)), r"model\.categories\.add\[0\]: 'Abuse' already names"),
+    (CategoryEdit(add=(AddedCategory("Smoke", ()),)), r"model\.categories\.add\[0\]: 'Smoke' needs at least one"),
+    (CategoryEdit(rename={"Abuse": "Arson"}),
+     r"model\.categories\.rename: 'Abuse' -> 'Arson' would share the name of another category \('Arson', key 'arson'\)"),
     (CategoryEdit(drop=tuple(c for c in ("abuse", "arrest", "arson", "assault", "burglary", "explosion",
                                           "fighting", "roadAccidents", "robbery", "shooting", "shoplifting",
                                           "stealing", "vandalism"))),
@@ -207,6 +215,95 @@ ERROR_CASES = [
 def test_resolve_errors_name_the_key(tiny_bundle_dir: Path, edit: CategoryEdit, message: str) -> None:
     with pytest.raises(CategoryError, match=message):
         resolve(load_bundle(tiny_bundle_dir), edit)
+
+
+def _add(name: str, *prompts: str) -> AddedCategory:
+    return AddedCategory(name, prompts or ("something happens",))
+
+
+# What a demanding user may try, and the one-line error naming the key that each must give.
+EDGE_ERROR_CASES = [
+    ("newline in an added name", CategoryEdit(add=(_add("Smoke\nalarm"),)),
+     r"^model\.categories\.add\[0\]: the name 'Smoke\\nalarm' holds control or invisible characters \(U\+000A\)$"),
+    ("tab in a new name", CategoryEdit(rename={"Abuse": "Mis\ttreatment"}),
+     r"^model\.categories\.rename: the new name for 'Abuse' holds control or invisible characters \(U\+0009\)$"),
+    ("zero-width space", CategoryEdit(add=(_add("Smo\u200bke"),)), r"add\[0\]: .* invisible characters \(U\+200B\)"),
+    ("NUL", CategoryEdit(add=(_add("a", "b"), _add("x\x00y"))), r"^model\.categories\.add\[1\]: .*\(U\+0000\)$"),
+    ("name too long", CategoryEdit(add=(_add("x" * 65),)), r"add\[0\]: the name 'x+' is 65 characters long \(at most 64\)"),
+    ("blank added name", CategoryEdit(add=(_add("   "),)), r"^model\.categories\.add\[0\]: the name '   ' is empty$"),
+    ("blank prompt", CategoryEdit(add=(_add("Smoke", "smoke", "  "),)), r"add\[0\]: 'Smoke' needs at least one prompt, none of them empty"),
+    ("duplicate added names", CategoryEdit(add=(_add("Smoke"), _add("smoke"))),
+     r"^model\.categories\.add\[1\]: 'smoke' already names a category$"),
+    ("added name equal to a key", CategoryEdit(add=(_add("roadaccidents"),)), r"add\[0\]: 'roadaccidents' already names"),
+    ("added name equal to a new name", CategoryEdit(rename={"Abuse": "Smoke"}, add=(_add("Smoke"),)),
+     r"add\[0\]: 'Smoke' already names"),
+    ("rename onto a display name", CategoryEdit(rename={"Fighting": "road accident"}),
+     r"rename: 'Fighting' -> 'road accident' would share the name of another category \('Road accident', key 'roadAccidents'\)"),
+    ("rename onto another key", CategoryEdit(rename={"Fighting": "ARSON"}), r"rename: 'Fighting' -> 'ARSON' would share"),
+    ("swap two names", CategoryEdit(rename={"Abuse": "Arson", "Arson": "Abuse"}), r"rename: 'Abuse' -> 'Arson' would share"),
+    ("rename one class twice", CategoryEdit(rename={"roadAccidents": "Crash", "Road accident": "Collision"}),
+     r"^model\.categories\.rename: 'Road accident' and an earlier entry both rename 'Road accident' "
+     r"\(key 'roadAccidents'\)$"),
+    ("drop twice", CategoryEdit(drop=("Arrest", "arrest")), r"^model\.categories\.drop: 'arrest' is listed twice"),
+    ("drop and rename", CategoryEdit(rename={"Arrest": "Detention"}, drop=("Arrest",)),
+     r"^model\.categories\.drop: 'Arrest' is also renamed in model\.categories\.rename"),
+    ("drop normal by key", CategoryEdit(drop=("normal",)), r"drop: 'normal' is the normal class"),
+    ("drop by the new name", CategoryEdit(rename={"Arrest": "Detention"}, drop=("Detention",)),
+     r"drop: no category named 'Detention'"),
+    ("flag form", CategoryEdit(add=(_add("Smoke\n"), _add("x\ny")), where=""), r"^--add: the name 'x\\ny' holds control"),
+]
+
+
+@pytest.mark.parametrize("label,edit,message", EDGE_ERROR_CASES, ids=[c[0] for c in EDGE_ERROR_CASES])
+def test_resolve_edge_cases_fail_with_the_key(tiny_bundle_dir: Path, label: str, edit: CategoryEdit,
+                                              message: str) -> None:
+    with pytest.raises(CategoryError, match=message):
+        resolve(load_bundle(tiny_bundle_dir), edit)
+
+
+# ... and what is fine, with the list it gives.
+EDGE_OK_CASES = [
+    ("unicode name", CategoryEdit(add=(_add("Sturz (Person) – 跌倒"),)), 14, ("Sturz (Person) – 跌倒", "Sturz (Person) – 跌倒")),
+    ("spaces around a name are trimmed", CategoryEdit(add=(_add("  Smoke  "),)), 14, ("Smoke", "Smoke")),
+    ("punctuation and digits", CategoryEdit(add=(_add("Gate 3: loitering > 5 min"),)), 14,
+     ("Gate 3: loitering > 5 min", "Gate 3: loitering > 5 min")),
+    ("64 characters", CategoryEdit(add=(_add("y" * 64),)), 14, ("y" * 64, "y" * 64)),
+    ("rename ignoring case", CategoryEdit(rename={"ROADACCIDENTS": "Crash"}), 8, ("roadAccidents", "Crash")),
+    ("rename a class to its own key", CategoryEdit(rename={"Road accident": "roadAccidents"}), 8,
+     ("roadAccidents", "roadAccidents")),
+    ("rename onto a dropped class's name", CategoryEdit(rename={"Fighting": "Arrest"}, drop=("Arrest",)), 6,
+     ("fighting", "Arrest")),
+    ("rename normal", CategoryEdit(rename={"normal": "All quiet"}), 0, ("normal", "All quiet")),
+]
+
+
+@pytest.mark.parametrize("label,edit,index,expect", EDGE_OK_CASES, ids=[c[0] for c in EDGE_OK_CASES])
+def test_resolve_edge_cases_that_are_fine(tiny_bundle_dir: Path, label: str, edit: CategoryEdit, index: int,
+                                          expect: tuple[str, str]) -> None:
+    cats = resolve(load_bundle(tiny_bundle_dir), edit)
+    assert (cats.keys[index], cats.names[index]) == expect
+    assert len({n.lower() for n in cats.names}) == len(cats)
+
+
+def test_an_added_prompt_longer_than_the_text_tower_reads_is_refused(tiny_bundle_dir: Path) -> None:
+    b = load_bundle(tiny_bundle_dir)
+    enc = TextEncoder(b, threads=1)
+    limit = b.text.max_tokens
+
+    def n_tokens(words: int) -> int:
+        return len(enc.tokenizer.encode(" ".join(["smoke"] * words)).ids)
+
+    words = 1
+    while words < 4 * limit and n_tokens(words + 1) <= limit:
+        words += 1
+    fits, long = " ".join(["smoke"] * words), " ".join(["smoke"] * (words + 1))
+    assert n_tokens(words) <= limit < n_tokens(words + 1)  # the tokenizer itself does not truncate
+    with pytest.raises(CategoryError, match=rf"^model\.categories\.add: prompt 2 of 'Smoke' is \d+ tokens, more "
+                                            rf"than the {limit} the text tower reads"):
+        build(b, CategoryEdit(add=(AddedCategory("Smoke", ("smoke", long)),)), enc)
+    with pytest.raises(CategoryError, match=r"^--add: prompt 1 of 'Smoke'"):
+        build(b, CategoryEdit(add=(AddedCategory("Smoke", (long,)),), where=""), enc)
+    assert build(b, CategoryEdit(add=(AddedCategory("Smoke", (fits,)),)), enc).names[-1] == "Smoke"
 
 
 def test_added_class_is_a_prompt_ensemble_and_bundle_classes_keep_the_model_rule(tiny_bundle_dir: Path) -> None:
@@ -272,11 +369,16 @@ def test_config_accepts_the_issue_example() -> None:
     ("    add:\n      - name: Smoke\n        prompts: [smoke]\n        colour: red", "model.categories.add[0].colour"),
     ("    remove: [Arrest]", "model.categories.remove"),
     ("    rename: {Abuse: ''}", "model.categories.rename.Abuse"),
+    ("    add:\n      - name: \"Smoke\\nalarm\"\n        prompts: [smoke]", "model.categories.add[0].name"),
+    ("    add:\n      - name: Smoke\n        prompts: [smoke, '  ']", "model.categories.add[0].prompts"),
+    (f"    add:\n      - name: {'x' * 65}\n        prompts: [smoke]", "model.categories.add[0].name"),
+    ("    rename: {Abuse: \"Mis\\ttreatment\"}", "model.categories.rename"),
 ])
 def test_config_errors_name_the_key(block: str, where: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(_config(block), "deploy.yaml")
     assert any(where in p for p in info.value.problems), info.value.problems
+    assert len(info.value.problems) == 1, info.value.problems
 
 
 def _run_cli(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -518,3 +620,108 @@ def test_base_novel_split_scores_each_subset_with_the_normal_videos() -> None:
         base_novel_split(scores, gt, ["Loitering"], "ucf")
     with pytest.raises(DataError, match="normal class"):
         base_novel_split(scores, gt, ["Normal"], "ucf")
+
+
+# --- top-1 class accuracy per subset (dsanet eval) -------------------------------------------------------
+UCF_COL = {name: i for i, name in enumerate(["Normal", "Abuse", "Arrest", "Arson", "Assault", "Burglary", "Explosion",
+                                             "Fighting", "RoadAccidents", "Robbery", "Shooting", "Shoplifting",
+                                             "Stealing", "Vandalism"])}
+
+
+def _probs(t: int, cells: dict[tuple[int, str], float]) -> np.ndarray:
+    """[t, 14] UCF class probabilities: 0.01 everywhere but the (snippet, class) cells given."""
+    p = np.full((t, len(UCF_COL)), 0.01)
+    for (row, name), value in cells.items():
+        p[row, UCF_COL[name]] = value
+    return p
+
+
+def _top1_case():
+    """Six anomalous videos whose answers are worked out by hand in the test below, plus a normal one."""
+    videos = [(["A"], [0, 0, 0]),                                   # normal: never counted
+              (["Fighting"], [0, 1, 1, 0]),                         # base, right by both rules
+              (["Arson"], [1, 1, 0]),                               # base, a novel class outside the span
+              (["Explosion"], [1, 1, 1, 1] + [0] * 16),             # novel, T=20: top-2 pooling matters
+              (["Shooting"], [0, 1]),                               # novel, taken for a base class
+              (["Fighting", "Explosion"], [1, 1]),                  # two classes: left out
+              (["Fighting"], [0, 0])]                               # no annotated snippet: video rule only
+    probs = [_probs(3, {(0, "Fighting"): 0.9, (1, "Fighting"): 0.9}),
+             _probs(4, {(1, "Fighting"): 0.8, (2, "Fighting"): 0.7}),
+             _probs(3, {(0, "Arson"): 0.5, (1, "Arson"): 0.5, (2, "Explosion"): 0.9}),
+             _probs(20, {(1, "Explosion"): 0.9, (10, "Shooting"): 0.5, (11, "Shooting"): 0.5}),
+             _probs(2, {(1, "Robbery"): 0.7, (1, "Shooting"): 0.6}),
+             _probs(2, {(0, "Fighting"): 0.9}),
+             _probs(2, {(0, "Fighting"): 0.8})]
+    return videos, probs
+
+
+def test_video_class_scores_pool_the_top_floor_t_over_16_plus_1_snippets() -> None:
+    from export.evaluate import video_class_scores
+
+    for t, k in [(1, 1), (15, 1), (16, 2), (20, 2), (33, 3)]:
+        p = np.zeros((t, 3))
+        p[:, 1] = np.arange(t, dtype=np.float64)  # top-k mean of 0..t-1 is t - (k + 1) / 2
+        p[0, 2] = 6.0
+        got = video_class_scores(p)
+        assert got[1] == pytest.approx(t - (k + 1) / 2), (t, k)
+        assert got[2] == pytest.approx(6.0 / k), (t, k)
+
+
+def test_top1_accuracy_per_subset_matches_the_hand_count() -> None:
+    """By hand: the video rule pools the top floor(T/16)+1 snippets per class over the whole video, the span
+    rule averages the annotated snippets; only anomaly classes compete.
+
+    Fighting (base): both right. Arson (base): video rule -> Explosion (0.9 outside the span beats 0.5),
+    span -> Arson. Explosion (novel, T=20, k=2): video -> Shooting ((0.5+0.5)/2 > (0.9+0.01)/2; with k=1
+    it would be Explosion), span -> Explosion. Shooting (novel): both -> Robbery, a base class. The
+    two-class video is skipped; the last Fighting video has no annotated snippet: video rule right, no span.
+    """
+    from export.evaluate import top1_accuracy
+
+    videos, probs = _top1_case()
+    out = top1_accuracy(probs, _gt(videos), "ucf", ["Explosion", "shooting"])
+    assert out["n_multi_class_skipped"] == 1
+    assert out["all"] == {"n_videos": 5, "video": pytest.approx(2 / 5), "span": pytest.approx(3 / 4),
+                          "n_span_videos": 4}
+    assert out["base"] == {"n_videos": 3, "video": pytest.approx(2 / 3), "span": pytest.approx(1.0),
+                           "n_span_videos": 2, "video_into_novel": pytest.approx(1 / 3)}
+    assert out["novel"] == {"n_videos": 2, "video": pytest.approx(0.0), "span": pytest.approx(0.5),
+                            "n_span_videos": 2, "video_into_base": pytest.approx(1 / 2)}
+    assert out["confusion"] == {"Arson": {"Explosion": 1}, "Explosion": {"Shooting": 1},
+                                "Fighting": {"Fighting": 2}, "Shooting": {"Robbery": 1}}
+    assert out["per_class"]["Fighting"] == {"n_videos": 2, "video": 1.0, "span": 1.0, "n_span_videos": 1}
+    assert set(out["rules"]) == {"video", "span"}
+    assert "base" not in top1_accuracy(probs, _gt(videos), "ucf")  # no split without novel classes
+
+
+def test_top1_in_evaluate_outputs_and_the_table() -> None:
+    from export.evaluate import evaluate_outputs, format_table
+
+    videos, probs = _top1_case()
+    scores = [1 - p[:, 0] for p in probs]
+    res = evaluate_outputs(scores, probs, _gt(videos), "ucf", ["Explosion", "Shooting"])
+    assert res["top1"]["novel"]["video"] == 0.0 and res["top1"]["base"]["n_videos"] == 3
+    table = format_table(res)
+    assert "top-1 all: video  40.00%  span  75.00%  (5 anomalous videos; 1 with several classes not counted)" in table
+    assert "top-1 base: video  66.67%  span 100.00%  (3 anomalous videos; 33.33% named a novel class)" in table
+    assert "top-1 novel: video   0.00%  span  50.00%  (2 anomalous videos; 50.00% named a base class)" in table
+
+
+def test_top1_on_xd_codes_and_bad_shapes() -> None:
+    """XD-Violence: raw codes in the ground truth, class words or codes for --novel-classes; a
+    multi-label video (Riot and Fighting) is left out; mismatched shapes are refused."""
+    from engine.errors import DataError
+    from export.evaluate import top1_accuracy
+
+    videos = [(["B4"], [1, 1]), (["B1"], [1, 0]), (["B4", "B1"], [1, 1])]
+    probs = [np.tile([0.1, 0.1, 0.1, 0.6, 0.05, 0.03, 0.02], (2, 1)),   # riot -> riot
+             np.tile([0.1, 0.1, 0.1, 0.6, 0.05, 0.03, 0.02], (2, 1)),   # fighting -> riot (a novel class)
+             np.tile([0.1, 0.6, 0.1, 0.1, 0.05, 0.03, 0.02], (2, 1))]
+    out = top1_accuracy(probs, _gt(videos), "xd", ["riot"])
+    assert out["n_multi_class_skipped"] == 1
+    assert out["novel"]["video"] == 1.0 and out["base"]["video"] == 0.0 and out["base"]["video_into_novel"] == 1.0
+    assert out["confusion"] == {"B1": {"B4": 1}, "B4": {"B4": 1}}
+    with pytest.raises(DataError, match=r"top-1: video 0 has class probabilities \[2, 5\]"):
+        top1_accuracy([p[:, :5] for p in probs], _gt(videos), "xd")
+    with pytest.raises(DataError, match="2 class-probability arrays for 3"):
+        top1_accuracy(probs[:2], _gt(videos), "xd")

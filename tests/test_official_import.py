@@ -351,12 +351,19 @@ def test_eval_takes_an_official_checkpoint_and_its_bundle(ucf_checkpoint: Path, 
     out = tmp_path / "split.json"
     assert main(["eval", "--checkpoint", str(ucf_bundle), "-c", "ucf", "--data-root", str(data), "--json", str(out),
                  "--no-progress", "--novel-classes", novel]) == 0
-    assert f"novel: {novel}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"novel: {novel}" in printed and "top-1 novel: video" in printed
     split = json.loads(out.read_text())
     normal = sum(r.label == "Normal" for r in rows)
     assert split["novel"]["n_anomalous_videos"] == sum(r.label == novel for r in rows)
     assert split["novel"]["n_videos"] - split["novel"]["n_anomalous_videos"] == normal
     assert split["base"]["n_videos"] + split["novel"]["n_anomalous_videos"] == len(rows)
+    # top-1 per subset: every anomalous (single-label) test video counted once, in its subset
+    top1 = split["top1"]
+    assert top1["novel"]["n_videos"] == split["novel"]["n_anomalous_videos"]
+    assert top1["base"]["n_videos"] == split["base"]["n_anomalous_videos"]
+    assert top1["all"]["n_videos"] == len(rows) - normal and top1["n_multi_class_skipped"] == 0
+    assert sum(sum(row.values()) for row in top1["confusion"].values()) == top1["all"]["n_videos"]
     assert split["auc"] == onnx_fig["auc"]  # the whole-list figures are unchanged
     assert main(["eval", "--checkpoint", str(ucf_bundle), "-c", "ucf", "--data-root", str(data),
                  "--no-progress", "--novel-classes", "Loitering"]) == 2

@@ -143,9 +143,9 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=_train)
 
     e = subparsers.add_parser(
-        "eval", help="evaluate a DSANet checkpoint on a test list (AUC, AP, mAP)",
+        "eval", help="evaluate a DSANet checkpoint on a test list (AUC, AP, mAP, top-1)",
         description="Score every test video as the official test scripts do (256-snippet chunks) and print frame "
-                    "AUC / AP and detection mAP at IoU 0.1-0.5.")
+                    "AUC / AP, detection mAP at IoU 0.1-0.5 and the top-1 class accuracy of the anomalous videos.")
     e.add_argument("--checkpoint", required=True, metavar="CKPT",
                    help="best.safetensors / last.safetensors (with --clip), an official DSANet .pth, or a bundle folder")
     e.add_argument("-c", "--config", required=True, metavar="PRESET", help="training preset YAML or name (ucf, xd)")
@@ -158,6 +158,7 @@ def register(subparsers: Any) -> None:
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.add_argument("--novel-classes", metavar="A,B,...",
                    help="also report frame AUC/AP on base and on novel classes (open-vocabulary split): the "
-                        "normal test videos plus those of the classes named here (novel) or of the others (base); "
-                        "names are the preset's class words or raw codes (docs/categories.md)")
+                        "normal test videos plus those of the classes named here (novel) or of the others (base), "
+                        "and top-1 class accuracy per subset; names are the preset's class words or raw codes "
+                        "(docs/categories.md)")
     e.set_defaults(func=_eval)
