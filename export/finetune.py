@@ -23,11 +23,19 @@ What it does:
    original training features are at hand (``replay``: a data root in VadCLIP layout), replay of a few of
    their normal and anomalous rows in every step. ``bench/feedback.py`` measures both on the original
    test features.
-4. **Evaluate before and after on the held-out examples** (share of true events whose score reaches the
-   on-threshold, their mean video score; share of held-out false alarms / normal samples still flagged)
-   and **refuse** (``FinetuneRefused``, exit 1) when the held-out true events got worse: fewer detected,
-   or a mean score lower by more than ``max_event_drop``. With no held-out true event the check cannot
-   run, and the bundle is only written with ``allow_unchecked``.
+4. **Evaluate before and after on the held-out examples the way the service scores them**: each
+   held-out example's stored embeddings go through the live window and lookahead
+   (:func:`engine.live_window.live_scores`, the read-out plan of ``stream.window.EmbeddingWindow``) and
+   the event machine's start rule (``on_threshold`` held for ``min_duration``) is applied to the event's
+   own rows (``event_rows``; the whole example when it has none). A true event is detected when a live
+   event would start in it; a false alarm or calm sample is still flagged when one would. Scoring an
+   example as one window of its own is not what the service does: a head can score a stored example
+   high while the same rows, read out ``lookahead`` behind the newest of a full window, score low.
+   **Refuse** (``FinetuneRefused``, exit 1) when the held-out true events got worse: fewer detected, or
+   their mean peak live score lower by more than ``max_event_drop``. With no held-out true event the
+   check cannot run, and the bundle is only written with ``allow_unchecked``. Examples whose event has
+   fewer than ``window - 1 - lookahead`` rows of context before it are checked with a shorter window
+   than live (a freshly started camera's); their count is logged and recorded.
 5. **Write the new bundle through the real exporter** (:func:`export.bundle_writer.write_bundle`: ONNX
    export, parity checks, atomic rename); ``bundle.json`` ``extra.finetune`` records the parent (name,
    head sha256, content hash), the counts per label and kind learned from, the split and the figures.
@@ -48,6 +56,14 @@ from typing import Any
 import numpy as np
 
 from engine.errors import DataError, DsanetError, RuntimeFailure
+from engine.live_window import (
+    DEFAULT_LOOKAHEAD,
+    DEFAULT_WINDOW,
+    check_window,
+    fires,
+    live_scores,
+    min_snippets,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +91,7 @@ class SiteExample:
     end: float
     bundle: str | None
     path: Path  # the feature file
+    event_rows: tuple[int, int] | None = None  # first and last row of the event itself (the rest is context)
 
     @property
     def is_event(self) -> bool:
@@ -97,8 +114,13 @@ class FinetuneOptions:
     replay: str | None = None  # data root with the original training list (VadCLIP layout)
     replay_rows: int = 8  # replay rows per step (half normal, half anomalous)
     batch: int = 32  # site rows per step (all of them when fewer)
-    on_threshold: float = 0.6  # a held-out true event counts as detected when its max score reaches this
-    max_event_drop: float = 0.1  # largest allowed drop of the held-out true events' mean score
+    train_context: int | None = 4  # rows of context around a mark's event_rows that train with it (None = all)
+    # the held-out check runs the service's read-out and start rule (deployment keys in brackets)
+    on_threshold: float = 0.6  # [events.on_threshold]
+    min_duration: float = 1.0  # [events.min_duration] seconds the score must stay >= on_threshold
+    window: int | None = None  # [window.length]; None = the service default capped by the bundle's max_window
+    lookahead: int = DEFAULT_LOOKAHEAD  # [window.lookahead]
+    max_event_drop: float = 0.1  # largest allowed drop of the held-out true events' mean peak live score
     allow_unchecked: bool = False
     seed: int = 0
     device: str = "cpu"
@@ -106,12 +128,15 @@ class FinetuneOptions:
 
 @dataclass(frozen=True)
 class HeldOutFigures:
+    """The held-out examples scored as the service would (live window, lookahead, start rule)."""
+
     events: int
-    events_detected: int
-    event_mean_score: float | None
+    events_detected: int  # a live event would start inside the event's rows
+    event_mean_score: float | None  # mean over events of the peak live score in the event's rows
     false: int  # held-out false alarms + normal samples
     false_flagged: int
     false_mean_score: float | None
+    short_context: int = 0  # examples with less context before the event than a full live window
 
     @property
     def recall(self) -> float | None:
@@ -141,9 +166,9 @@ class FinetuneReport:
 
         b, a = self.before, self.after
         rows = [("held-out true events detected", f"{b.events_detected}/{b.events}", f"{a.events_detected}/{a.events}"),
-                ("  mean video score", f(b.event_mean_score), f(a.event_mean_score)),
+                ("  mean peak live score", f(b.event_mean_score), f(a.event_mean_score)),
                 ("held-out false alarms/normal flagged", f"{b.false_flagged}/{b.false}", f"{a.false_flagged}/{a.false}"),
-                ("  mean video score", f(b.false_mean_score), f(a.false_mean_score))]
+                ("  mean peak live score", f(b.false_mean_score), f(a.false_mean_score))]
         w = max(len(r[0]) for r in rows)
         lines = [f"{'':<{w}}  {'before':>8}  {'after':>8}"]
         lines += [f"{r[0]:<{w}}  {r[1]:>8}  {r[2]:>8}" for r in rows]
@@ -220,9 +245,10 @@ def read_site_data(directory: str | os.PathLike[str], preset: str, width: int) -
             raise DataError(f"{where}: example {ex_id!r} has no row {rel} in {list_path}")
         if row.label != label:
             raise DataError(f"{where}: label {label!r} but {list_path} labels {rel} {row.label!r}")
-        load_features(row.path, width)  # names the file when it is not [T, width] float
+        feats = load_features(row.path, width)  # names the file when it is not [T, width] float
+        event_rows = _event_rows(rec.get("event_rows"), int(feats.shape[0]), where)
         examples.append(SiteExample(ex_id, camera, kind, label, start, end,
-                                    None if rec["bundle"] is None else str(rec["bundle"]), row.path))
+                                    None if rec["bundle"] is None else str(rec["bundle"]), row.path, event_rows))
     if by_rel:
         extra = sorted(by_rel)[0]
         raise DataError(f"{list_path}: {extra} has no example in {ex_path} ({len(by_rel)} rows without one)")
@@ -230,6 +256,18 @@ def read_site_data(directory: str | os.PathLike[str], preset: str, width: int) -
         raise DataError(f"{ex_path}: no examples")
     info = snippet_info(root)
     return SiteData(root, tuple(examples), float(info["snippet_seconds"]) if info else None)
+
+
+def _event_rows(value: Any, rows: int, where: str) -> tuple[int, int] | None:
+    """The optional ``event_rows`` ``[first, last]`` of a mark, checked against its feature file's rows."""
+    if value is None:
+        return None
+    ok = (isinstance(value, list | tuple) and len(value) == 2
+          and all(isinstance(v, int) and not isinstance(v, bool) for v in value))
+    if not ok or not 0 <= value[0] <= value[1] < rows:
+        raise DataError(f"{where}: event_rows {value!r} must be [first, last] row numbers within the "
+                        f"feature file's {rows} rows")
+    return int(value[0]), int(value[1])
 
 
 def split_by_time(examples: Sequence[SiteExample], fraction: float) -> tuple[list[SiteExample], list[SiteExample]]:
@@ -287,35 +325,75 @@ def head_from_model(model: Any, config: Any) -> Any:
     return DSANetHead(config, model.backbone, model.text.features).eval()
 
 
-def video_scores(model: Any, paths: Sequence[Path]) -> list[np.ndarray]:
-    """Per feature file: its snippet scores (the official test chunking, ``export.model_eval``)."""
-    from export.data import ListRow
-    from export.model_eval import score_videos
+@dataclass(frozen=True)
+class LiveCheck:
+    """How the service turns scores into events, for the held-out check (see the module docstring)."""
 
-    if not paths:
-        return []
-    scores, _ = score_videos(model, [ListRow(Path(p), "Normal") for p in paths], "cpu")
+    window: int
+    lookahead: int
+    on_threshold: float
+    run: int  # consecutive snippets >= on_threshold that start an event (events.min_duration)
+
+    @classmethod
+    def of(cls, opts: FinetuneOptions, max_window: int, snippet_seconds: float) -> LiveCheck:
+        window = min(DEFAULT_WINDOW, max_window) if opts.window is None else int(opts.window)
+        try:
+            check_window(window, opts.lookahead, max_window)
+        except ValueError as exc:
+            raise DsanetError(f"--window {window} / --lookahead {opts.lookahead}: {exc} (the bundle's "
+                              f"max_window is {max_window})") from None
+        return cls(window, int(opts.lookahead), float(opts.on_threshold),
+                   min_snippets(opts.min_duration, snippet_seconds))
+
+
+def _head_score_fn(head: Any) -> Any:
+    import torch
+
+    def fn(feats: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with torch.no_grad():
+            s, p = head(torch.from_numpy(feats), torch.from_numpy(lengths))
+        return s.numpy(), p.numpy()
+
+    return fn
+
+
+def example_live_scores(head: Any, example: SiteExample, check: LiveCheck) -> np.ndarray:
+    """The example's per-row scores as the service reports them (live window over its stored rows)."""
+    from export.data import load_features
+
+    emb = load_features(example.path)
+    scores, _ = live_scores(emb, _head_score_fn(head), check.window, check.lookahead)
     return scores
 
 
-def held_out_figures(model: Any, held: Sequence[SiteExample], on_threshold: float) -> HeldOutFigures:
-    import torch
+def _rows_of_interest(example: SiteExample, n: int) -> tuple[int, int]:
+    return example.event_rows if example.event_rows is not None else (0, n - 1)
 
-    from export.losses import topk_mean
 
-    def pooled(s: np.ndarray) -> float:  # the MIL video score the loss trains
-        t = torch.from_numpy(s)[None]
-        return float(topk_mean(t, torch.tensor([len(s)]))[0])
-
-    events = [e for e in held if e.is_event]
-    false = [e for e in held if not e.is_event]
-    ev_s = video_scores(model, [e.path for e in events])
-    fa_s = video_scores(model, [e.path for e in false])
+def held_out_figures(head: Any, held: Sequence[SiteExample], check: LiveCheck) -> HeldOutFigures:
+    """Score the held-out examples through the live window with ``head`` (a ``DSANetHead``, eval mode)."""
+    head.eval()
+    ev_peak: list[float] = []
+    fa_peak: list[float] = []
+    ev_hit = fa_hit = short = 0
+    for e in held:
+        s = example_live_scores(head, e, check)
+        lo, hi = _rows_of_interest(e, len(s))
+        if e.event_rows is not None and lo < check.window - 1 - check.lookahead:
+            short += 1
+        part = s[lo:hi + 1]
+        hit = fires(part, check.on_threshold, min(check.run, len(part)))
+        if e.is_event:
+            ev_peak.append(float(part.max()))
+            ev_hit += int(hit)
+        else:
+            fa_peak.append(float(part.max()))
+            fa_hit += int(hit)
     return HeldOutFigures(
-        events=len(events), events_detected=sum(int(s.max() >= on_threshold) for s in ev_s),
-        event_mean_score=float(np.mean([pooled(s) for s in ev_s])) if ev_s else None,
-        false=len(false), false_flagged=sum(int(s.max() >= on_threshold) for s in fa_s),
-        false_mean_score=float(np.mean([pooled(s) for s in fa_s])) if fa_s else None)
+        events=len(ev_peak), events_detected=ev_hit,
+        event_mean_score=float(np.mean(ev_peak)) if ev_peak else None,
+        false=len(fa_peak), false_flagged=fa_hit,
+        false_mean_score=float(np.mean(fa_peak)) if fa_peak else None, short_context=short)
 
 
 def _train_config(preset: str, visual_length: int, opts: FinetuneOptions) -> Any:
@@ -335,6 +413,27 @@ def _replay_rows(replay: str, preset: str) -> tuple[list[Any], list[Any]]:
     return split_normal(rows, preset)
 
 
+def _training_rows(example: SiteExample, context: int | None, tmp: Path) -> Path:
+    """The feature file a mark trains from: its event's rows plus ``context`` rows either side.
+
+    The label is the operator's word on the event, not on what surrounds it: the stored context is
+    there for the held-out check (a full live window), and may hold anything, another event included
+    (a false alarm 15 s after a real explosion would otherwise teach the explosion as normal)."""
+    if context is None or example.event_rows is None:
+        return example.path
+    from export.data import load_features
+
+    feats = load_features(example.path)
+    lo, hi = example.event_rows
+    lo, hi = max(0, lo - context), min(len(feats), hi + 1 + context)
+    if (lo, hi) == (0, len(feats)):
+        return example.path
+    out = tmp / "train-rows" / f"{example.camera}" / f"{example.id}.npy"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, np.ascontiguousarray(feats[lo:hi], dtype=np.float32))
+    return out
+
+
 def adapt(head: Any, train: Sequence[SiteExample], preset: str, opts: FinetuneOptions,
           out_dir: Path | None = None) -> tuple[Any, dict[str, float]]:
     """Adapt a copy of ``head`` on the site's training examples with the trainer's step; returns the
@@ -351,13 +450,13 @@ def adapt(head: Any, train: Sequence[SiteExample], preset: str, opts: FinetuneOp
     seed_everything(opts.seed)
     model = model_from_head(head)
     cfg = _train_config(preset, int(head.config.visual_length), opts)
-    site_rows = [ListRow(e.path, e.label) for e in train]
+    tmp = Path(tempfile.mkdtemp(prefix="dsanet-finetune-")) if out_dir is None else out_dir
+    site_rows = [ListRow(_training_rows(e, opts.train_context, tmp), e.label) for e in train]
     rep_n, rep_a = _replay_rows(opts.replay, preset) if opts.replay else ([], [])
     normal, abnormal = split_normal(site_rows, preset)
     data = TrainingData(site_rows + rep_n + rep_a, [], [], normal + rep_n, abnormal + rep_a, None)
     dev = torch.device(opts.device)
     model = model.to(dev)
-    tmp = Path(tempfile.mkdtemp(prefix="dsanet-finetune-")) if out_dir is None else out_dir
     run = _Run(cfg, data, model, Optimisers(cfg, model, data), tmp, "bundle", dev)
     anchor = {n: p.detach().clone() for n, p in model.backbone.named_parameters()}
     if opts.anchor > 0:
@@ -440,10 +539,14 @@ def finetune(bundle_dir: str | os.PathLike[str], site_data: str | os.PathLike[st
         log.warning("%d of %d examples are shorter than the head's %d-snippet window: they train and are checked "
                     "zero-padded, which the live window (full of real snippets) never shows; keep at least one "
                     "window of context per mark", short, len(site.examples), window)
-    base = model_from_head(head).eval()
-    before = held_out_figures(base, held, opts.on_threshold)
+    check = LiveCheck.of(opts, min(int(parent.max_window), window), parent.snippet_seconds)
+    before = held_out_figures(head, held, check)
     model, losses = adapt(head, train, preset, opts)
-    after = held_out_figures(model, held, opts.on_threshold)
+    new_head = head_from_model(model.cpu(), head.config)
+    after = held_out_figures(new_head, held, check)
+    if before.short_context:
+        log.warning("%d held-out examples have fewer than %d rows of context before their event: checked with a "
+                    "shorter window than the live one", before.short_context, check.window - 1 - check.lookahead)
     report = FinetuneReport(before=before, after=after, train_counts=dict(Counter(e.label for e in train)),
                             train_kinds=dict(Counter(e.kind for e in train)),
                             held_out_counts=dict(Counter(e.kind for e in held)), checked=before.events > 0,
@@ -469,7 +572,11 @@ def finetune(bundle_dir: str | os.PathLike[str], site_data: str | os.PathLike[st
         "site_data": str(site.root), "learned_from": report.train_counts, "kinds": report.train_kinds,
         "held_out": report.held_out_counts, "checked": report.checked, "shorter_than_window": short,
         "guard": {"anchor": opts.anchor, "replay": opts.replay, "replay_rows": opts.replay_rows if opts.replay else 0},
+        "train_context": opts.train_context,
         "steps": opts.steps, "lr": opts.lr, "seed": opts.seed, "on_threshold": opts.on_threshold,
+        "check": {"how": "live window", "window": check.window, "lookahead": check.lookahead,
+                  "on_threshold": check.on_threshold, "min_snippets": check.run,
+                  "short_context": before.short_context},
         "before": report.to_dict()["before"], "after": report.to_dict()["after"],
     }
     evaluation = {"source": "dsanet finetune: held-out site data", "held_out_events": after.events,
@@ -482,6 +589,5 @@ def finetune(bundle_dir: str | os.PathLike[str], site_data: str | os.PathLike[st
         source={"checkpoint": src.checkpoint, "checkpoint_sha256": src.checkpoint_sha256, "preset": preset},
         clip=src.clip, tiny_clip=src.tiny_clip, categories_from=parent.root if parent.text else None,
         extra={"finetune": lineage})
-    new_head = head_from_model(model.cpu(), head.config)
     bundle = write_bundle(new_head, load_vision_model(enc_dir), out, parent.preprocessing, eopts, force=force)
     return bundle, report

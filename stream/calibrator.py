@@ -10,6 +10,13 @@
   ``set_thresholds`` (the service's own ``Service.set_thresholds``). At start a camera's file is re-loaded
   when it was learned on the same bundle (head hash); a file from another bundle is ignored (its scores
   would mean something else) and the camera collects again.
+- **After a bundle hot swap** (:meth:`Calibrator.rebase`, called by ``Service.swap_bundle``) thresholds
+  learned on the old bundle are dropped: its scores and the new bundle's are different distributions,
+  so a threshold that cut the old bundle's false alarms to the target may let the new one fire all day
+  or never. Each calibrated camera goes back to its configured thresholds at once and collects a fresh
+  period of the new bundle's scores (the ones collected so far are discarded for the same reason); its
+  file stays, naming the old bundle, until the new period replaces it (a restart on the old bundle
+  re-loads it). A learning pass still running on old scores when the swap lands is not applied.
 - Scores lost to a full listener queue, or a camera outage, leave no mark: the ring holds scores in order,
   as if contiguous. That only shortens the period the rate is measured over.
 """
@@ -97,6 +104,7 @@ class Calibrator:
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
         self._cams: dict[str, _Camera] = {}
+        self._generation = 0  # bumped by rebase: results learned on an older bundle's scores are not applied
 
     # ------------------------------------------------------------------------------ cameras
     def track(self, name: str, cfg: CalibrationConfig, events: EventsConfig) -> EventsConfig:
@@ -126,6 +134,28 @@ class Calibrator:
         """Stop calibrating a removed camera (its file stays: re-adding it re-loads the thresholds)."""
         with self._lock:
             self._cams.pop(name, None)
+
+    def rebase(self, bundle_hash: str | None) -> list[str]:
+        """A new bundle scores from now on: every camera discards the scores collected and starts a fresh
+        period; cameras that had learned thresholds go back to their configured ones (returned)."""
+        with self._lock:
+            if bundle_hash == self.bundle_hash:
+                return []
+            self.bundle_hash = bundle_hash
+            self._generation += 1
+            reset = []
+            for cam in self._cams.values():
+                if cam.result is not None:
+                    reset.append(cam)
+                cam.ring.clear()
+                cam.collected, cam.due, cam.error, cam.result, cam.learned_at = 0, False, None, None, None
+                cam.state = STATE_COLLECTING
+        for cam in reset:
+            self._set_thresholds(cam.name, cam.events.on_threshold, cam.events.off_threshold)
+            log.info("camera %s: calibrated thresholds dropped after the bundle swap (back to on %.4f, off %.4f); "
+                     "collecting %g s of the new bundle's scores", cam.name, cam.events.on_threshold,
+                     cam.events.off_threshold, cam.cfg.period)
+        return [c.name for c in reset]
 
     @property
     def active(self) -> bool:
@@ -195,11 +225,17 @@ class Calibrator:
             due = [(c, c.ring.values()) for c in self._cams.values() if c.due]
             for c, _ in due:
                 c.due, c.state = False, STATE_LEARNING
+            generation = self._generation
         done = []
         for cam, values in due:
             try:
                 res = learn_thresholds(values, self.snippet_seconds, cam.events, cam.cfg.target_per_day,
                                        cam.cfg.floor)
+                with self._lock:
+                    if generation != self._generation:  # a swap landed meanwhile: these were the old bundle's
+                        log.info("camera %s: calibration learned on the previous bundle's scores discarded",
+                                 cam.name)
+                        continue
                 self._save(cam, res)
                 self._set_thresholds(cam.name, res.on, res.off)
             except (CalibrationError, DsanetError, OSError, ValueError, KeyError) as exc:

@@ -30,8 +30,8 @@ from pydantic.fields import FieldInfo
 
 from engine.bundle import DEFAULT_MAX_WINDOW
 from engine.errors import DsanetError
+from engine.live_window import DEFAULT_LOOKAHEAD, DEFAULT_WINDOW
 from stream.redact import redact, register_secret, url_password_candidates
-from stream.window import DEFAULT_LOOKAHEAD
 
 URL_SCHEMES = ("rtsp", "rtsps", "http", "https", "file")
 from engine.demo_paths import DEMO_CONFIG, DEMO_DIR, use_demo_defaults  # noqa: E402,F401  (moved there)
@@ -78,7 +78,7 @@ class IngestConfig(_Model):
 class WindowConfig(_Model):
     """The sliding window of snippet embeddings scored by the head."""
 
-    length: int = Field(64, ge=1, le=DEFAULT_MAX_WINDOW, description=f"Snippets in the window (at most the bundle's maximum, {DEFAULT_MAX_WINDOW}).")
+    length: int = Field(DEFAULT_WINDOW, ge=1, le=DEFAULT_MAX_WINDOW, description=f"Snippets in the window (at most the bundle's maximum, {DEFAULT_MAX_WINDOW}).")
     lookahead: int = Field(DEFAULT_LOOKAHEAD, ge=0, le=64, description=(
         "Snippets behind the newest at which a score is reported: the head is not causal, so a lookahead "
         "trades latency (lookahead x snippet duration) for agreement with offline scoring."))
@@ -499,7 +499,9 @@ class FeedbackConfig(_Model):
     max_bytes: int = Field(256 * 1024 * 1024, ge=1024 * 1024, description=(
         "Disk bound of the whole folder; beyond it the oldest normal samples go first, then unmarked event "
         "captures, marks last."))
-    context_snippets: int = Field(16, ge=0, le=256, description="Snippets kept before and after each event.")
+    context_snippets: int = Field(DEFAULT_WINDOW, ge=0, le=256, description=(
+        "Snippets kept before and after each event (at least window.length - 1 - lookahead before it lets "
+        "dsanet finetune check a held-out event in a full live window)."))
     ring_snippets: int = Field(512, ge=16, le=8192, description=(
         "Snippet embeddings each camera keeps in memory (the longest event that is kept whole, with context)."))
     pending_events: int = Field(200, ge=1, description="Ended events whose embeddings wait on disk for a mark.")

@@ -96,6 +96,24 @@ class ConfigFile:
 
         self._edit(change)
 
+    def set_model_bundle(self, bundle: str) -> None:
+        """``model.bundle`` set to ``bundle`` (as the API was sent it: a relative path stays relative to the
+        file's folder). An ``${ENV}`` reference there is the operator's choice of where the path comes from:
+        it is not overwritten (``WritebackError``)."""
+        from ruamel.yaml.comments import CommentedMap
+
+        def change(doc: Any) -> None:
+            model = doc.get("model")
+            if model is None:
+                model = doc["model"] = CommentedMap()
+            cur = model.get("bundle")
+            if isinstance(cur, str) and "${" in cur:
+                raise WritebackError(f"{self.path}: model.bundle is {cur!r}, an environment reference: left as it is "
+                                     "(set that variable to keep the new bundle after a restart)")
+            model["bundle"] = bundle
+
+        self._edit(change)
+
     def remove_camera(self, name: str) -> None:
         self._edit(lambda doc: doc["cameras"].pop(self._index(doc, name)))
 

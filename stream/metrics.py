@@ -143,6 +143,8 @@ class Metrics:
         self.queue_depth.labels(name).set(depth)
 
     def build_info(self, version: str, bundle: str, runtime: str) -> None:
+        """One series only: the bundle (and runtime) scoring now; a hot swap replaces the previous one."""
+        self.build.clear()
         self.build.labels(version, bundle, runtime).set(1)
 
     def set_model_loaded(self, loaded: bool = True) -> None:

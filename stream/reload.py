@@ -319,15 +319,21 @@ class LiveConfig:
     def swap_bundle(self, control: Any, path: str) -> dict[str, Any]:
         """API: switch to another bundle (a relative path is taken from the deployment file's folder).
 
-        The deployment file is not edited: set ``model.bundle`` there to keep the bundle after a restart."""
+        Once the swap succeeded, ``model.bundle`` is written back into the deployment file as sent (like a
+        camera change: only that key changes, the file is validated whole and replaced atomically), so a
+        restart or a later ``dsanet reload`` keeps the new bundle instead of switching back. Not written
+        (``persisted: false`` with the reason in ``note``): no file, a read-only file, or ``model.bundle``
+        given there as an ``${ENV}`` reference."""
         p = Path(path)
         if not p.is_absolute() and self._base() is not None:
             p = self._base() / p  # type: ignore[operator]
         with self._lock:
             res = dict(control.swap_bundle(str(p)))
             self._cfg = self._cfg.model_copy(update={"model": self._cfg.model.model_copy(update={"bundle": str(p)})})
-        res["persisted"] = False
-        res["note"] = "the deployment file is unchanged: set model.bundle there to keep this bundle after a restart"
+            change = self._write(lambda f: f.set_model_bundle(str(path)))
+        res["persisted"] = change.persisted
+        res["note"] = None if change.persisted else (
+            f"{change.note}; set model.bundle in the deployment file to keep this bundle after a restart")
         return res
 
     # ------------------------------------------------------------------------------------- reload

@@ -465,6 +465,8 @@ class Service:
         if self.feedback is None:
             raise FeedbackError("feedback is off in this deployment (feedback.enabled: false)", status=409)
         res = self.feedback.store.mark(event_id, kind, category)
+        if res.state == "waiting":  # keep its rows so far on disk: the mark then survives a crash
+            self.feedback.capture_open(event_id)
         log.info("feedback: event %s marked %s (%s)%s%s", event_id, kind, res.label,
                  "; replaces the earlier mark " + str(res.replaced) if res.replaced else "",
                  "; applied when the event ends" if res.state == "waiting" else "")
@@ -516,17 +518,21 @@ class Service:
                 self.bundle_ids = ids
                 self.cfg = self.cfg.model_copy(update={"model": mcfg})
                 self.model_info.update(name=new.bundle.name, hash=_short_hash(new.bundle))
+                self.metrics.build_info(__version__, str(new.bundle.name), new.runtime)
                 self.swaps += 1
                 if not same_encoder:
                     for name in self.cameras:
                         self._stale_before[name] = math.inf  # until its first row from the new encoder
                     if self.feedback is not None:
                         self.feedback.reset()
+            # thresholds calibrated on the old bundle's scores do not hold for the new one's (stream.calibrator)
+            recalibrating = self.calibrator.rebase(self.model_info["hash"])
             took = time.monotonic() - t0
             log.info("bundle: now %s (head %s) after %.2f s of loading and trying it%s", ids.name, ids.short,
                      took, "" if same_encoder else "; the encoder differs, so every camera's window restarts")
             return {"bundle": ids.to_dict(), "previous": old.to_dict(), "encoder_changed": not same_encoder,
-                    "windows_reset": not same_encoder, "load_seconds": round(took, 3)}
+                    "windows_reset": not same_encoder, "load_seconds": round(took, 3),
+                    "recalibrating": recalibrating}
 
     def add_listener(self, listener: Listener) -> Callable[[], None]:
         return self.listeners.add(listener)

@@ -144,6 +144,11 @@ def apply_shard(cfg: Any, cli: str | None = None) -> tuple[Any, Shard]:
     The other cameras stay in the config, disabled, so names, overrides and the assignment stay the
     same on every worker. A worker that owns no enabled camera is a configuration error (more workers
     than cameras), reported in one line.
+
+    Each worker keeps its feedback site data in a folder of its own, ``<feedback.directory>/shard-<index>``:
+    workers sharing one folder would each evict, index and rewrite the other's files (every store keeps
+    its own ``examples.jsonl`` and disk bound). The index, not the count, names it, so a worker restarted
+    with the same index finds its marks again; ``dsanet finetune --site-data`` takes one shard's folder.
     """
     sc = cfg.shard
     shard = resolve(cli, sc.index if sc is not None else None, sc.count if sc is not None else None)
@@ -156,4 +161,15 @@ def apply_shard(cfg: Any, cli: str | None = None) -> tuple[Any, Shard]:
         total = sum(1 for c in cfg.cameras if c.enabled)
         raise ShardError(f"shard {shard} (from {shard.source}) owns none of the {total} enabled camera(s): "
                          f"see `dsanet shard-plan -c FILE --workers {shard.count}`")
-    return cfg.model_copy(update={"cameras": cams}), shard
+    update: dict[str, Any] = {"cameras": cams}
+    fb = getattr(cfg, "feedback", None)
+    if fb is not None and fb.enabled:
+        update["feedback"] = fb.model_copy(update={"directory": shard_directory(fb.directory, shard)})
+    return cfg.model_copy(update=update), shard
+
+
+def shard_directory(directory: str, shard: Shard) -> str:
+    """``directory/shard-<index>`` for a worker of several (the folder itself for a single worker)."""
+    if shard.count == 1:
+        return directory
+    return os.path.join(directory, f"shard-{shard.index}")

@@ -25,7 +25,9 @@ at snippet ``i``. The price is latency: ``L x snippet_seconds`` (0.53 s per step
   architecture can see, not what a trained head attends to: re-measure on a trained bundle.)
 
 The deployment config may set another value per camera; the streaming-vs-offline benchmark measures
-the agreement for each ``L``.
+the agreement for each ``L``. (The constant itself lives in ``engine.live_window``, with the same
+read-out plan as plain arithmetic for code that must not import ``stream``: ``dsanet finetune``'s
+held-out check. ``tests/test_window.py`` holds the two to each other.)
 
 Rows are positional: if a snippet was dropped upstream (overload), the window simply holds the ones
 that arrived. At the end of a stream (:meth:`EmbeddingWindow.flush`), the last ``L`` rows, which no
@@ -44,9 +46,11 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 
 from engine.bundle import DEFAULT_MAX_WINDOW
+from engine.live_window import DEFAULT_LOOKAHEAD, pad_windows
 from stream.types import Frame, RowInfo, SnippetEmbedding, WindowJob, WindowScore
 
-DEFAULT_LOOKAHEAD = 4
+__all__ = ["DEFAULT_LOOKAHEAD", "EmbeddingWindow", "iter_jobs", "job_scores", "offline_scores", "pad_batch",
+           "score_jobs", "streaming_scores"]
 
 ScoreFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 """``(features [B,T,D] float32, lengths [B] int64) -> (scores [B,T], class_probs [B,T,C])``."""
@@ -149,15 +153,7 @@ class EmbeddingWindow:
 
 def pad_batch(windows: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Stack [T_i, D] windows into ``features [B, max T, D]`` (zero padded) and ``lengths [B]`` int64."""
-    if not windows:
-        raise ValueError("empty batch")
-    t_max = max(int(w.shape[0]) for w in windows)
-    d = int(windows[0].shape[1])
-    feats = np.zeros((len(windows), t_max, d), dtype=np.float32)
-    for b, w in enumerate(windows):
-        feats[b, : w.shape[0]] = w
-    lengths = np.asarray([w.shape[0] for w in windows], dtype=np.int64)
-    return feats, lengths
+    return pad_windows(windows)
 
 
 def job_scores(job: WindowJob, scores: np.ndarray, class_probs: np.ndarray) -> list[WindowScore]:

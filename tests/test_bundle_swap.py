@@ -123,6 +123,8 @@ def test_hot_swap_keeps_cameras_streaming_and_refuses_bad_bundles(tmp_path: Path
         t_after = time.monotonic()
         f3 = svc.cameras["b"].reader.stats.frames
         assert res["encoder_changed"] is False and res["bundle"]["id"] == svc.bundle_ids.short != old.short
+        info = [x for x in svc.metrics.render().decode().splitlines() if x.startswith("dsanet_build_info{")]
+        assert len(info) == 1 and 'bundle="head2"' in info[0], info  # the metric names the bundle now scoring
         assert {c.name: c.reader for c in svc.cameras.values()} == readers  # no camera restarted
         fps_before, fps_swap = (f1 - f0) / (t_swap - t_before), (f3 - f1) / (t_after - t_swap)
         s_before, s_swap = rate("b", t_before, t_swap), rate("b", t_swap, t_after)
@@ -210,3 +212,39 @@ def test_a_reload_swaps_the_bundle_live_or_reports_why_not(tmp_path: Path, new_m
     assert ctl.swapped == (["/m/ft"] if applied else [])
     # a refused swap keeps the running bundle in the live config, so the next reload tries again
     assert live.cfg.model.bundle == ("/m/base" if errors else "/m/ft")
+
+
+@pytest.mark.parametrize("model,writable,persisted", [
+    ("{bundle: /m/base}  # the site's model", True, True),
+    ("{bundle: '${SITE_BUNDLE}'}", True, False),  # an env reference is the operator's: never overwritten
+    ("{bundle: /m/base}", False, False),  # read-only file: applied, not written
+])
+def test_an_api_swap_is_written_back_to_the_deployment_file(tmp_path: Path, monkeypatch, model, writable,
+                                                             persisted) -> None:
+    """After an API swap the file names the new bundle (so a restart or a reload keeps it), or the answer
+    says why not; the rest of the file is untouched."""
+    import os
+    import stat
+
+    from stream.config import load_config
+    from stream.reload import LiveConfig
+
+    monkeypatch.setenv("SITE_BUNDLE", "/m/base")
+    path = tmp_path / "d.yaml"
+    path.write_text("# site a\ncameras:\n  - {name: a, url: 'rtsp://127.0.0.1/a'}  # gate\nmodel: " + model + "\n")
+    before = path.read_text()
+    if not writable:
+        os.chmod(path, stat.S_IRUSR)
+    ctl = _SwapControl(load_config(path).cameras)
+    live = LiveConfig(load_config(path), ctl, path)
+    res = live.swap_bundle(ctl, "ft")
+    assert ctl.swapped == [str(tmp_path / "ft")] and live.cfg.model.bundle == str(tmp_path / "ft")
+    assert res["persisted"] is persisted
+    if persisted:
+        assert res["note"] is None
+        text = path.read_text()
+        assert "bundle: ft" in text and "# site a" in text and "# gate" in text
+        assert load_config(path).model.bundle == str(tmp_path / "ft")  # relative to the file's folder
+        assert live.reload().applied == []  # the file and the running bundle agree: nothing to switch back
+    else:
+        assert path.read_text() == before and "model.bundle" in res["note"]

@@ -73,6 +73,35 @@ def test_learns_after_one_period_persists_and_reloads(tmp_path: Path) -> None:
     assert high.on_threshold == 0.99 and high.off_threshold <= 0.99
 
 
+def test_a_bundle_swap_drops_thresholds_learned_on_the_old_bundle(tmp_path: Path) -> None:
+    """Calibrated thresholds describe the old bundle's scores: after a swap the camera is back on its
+    configured thresholds at once, collects a full fresh period, and learns from new scores only."""
+    applied = Applied()
+    cal = Calibrator(SNIP, applied, bundle_hash="old")
+    cfg = _cfg(tmp_path)
+    cal.track("lobby", cfg, EVENTS)
+    cal.track("hall", cfg, EVENTS)
+    _feed(cal, "lobby", _scores(40))
+    _feed(cal, "hall", _scores(20))  # still collecting at the swap
+    assert cal.learn_due() == ["lobby"]
+    assert cal.rebase("old") == []  # the same bundle again: nothing changes
+    assert cal.describe("lobby")["state"] == "calibrated"
+    applied.calls.clear()
+    assert cal.rebase("new") == ["lobby"]
+    assert applied.calls == [("lobby", EVENTS.on_threshold, EVENTS.off_threshold)]
+    for cam in ("lobby", "hall"):
+        d = cal.describe(cam)
+        assert d["state"] == "collecting" and d["collected_scores"] == 0 and d["on_threshold"] is None
+    new_scores = [min(1.0, x + 0.3) for x in _scores(40)]
+    _feed(cal, "hall", new_scores[:39])
+    assert cal.learn_due() == []  # the 20 old-bundle scores did not count toward the period
+    _feed(cal, "hall", new_scores[39:])
+    assert cal.learn_due() == ["hall"]
+    want = learn_thresholds(new_scores, SNIP, EVENTS, cfg.target_per_day, cfg.floor)
+    assert cal.describe("hall")["on_threshold"] == pytest.approx(want.on)
+    assert json.loads((tmp_path / "cal" / "hall.json").read_text())["bundle"] == "new"
+
+
 def test_scores_are_bounded_and_only_tracked_cameras_sample(tmp_path: Path) -> None:
     cal = Calibrator(SNIP, Applied())
     cal.track("a", _cfg(tmp_path, max_samples=20), EVENTS)

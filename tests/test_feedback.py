@@ -117,6 +117,54 @@ def test_a_mark_on_an_open_event_waits_for_its_capture_and_survives_a_restart(tm
     assert sorted(r.label for r in read_list(root / "list.csv", root)) == ["Fighting", "Normal"]
 
 
+def test_a_mark_on_an_open_event_survives_a_crash_before_the_event_ends(tmp_path: Path) -> None:
+    """The recorder keeps the open event's rows so far next to the waiting mark: a restart (the previous
+    run died with the event open) applies the mark from them; without a crash the end's full capture wins."""
+    from types import SimpleNamespace
+
+    from stream.config import FeedbackConfig
+    from stream.feedback.recorder import FeedbackRecorder
+    from stream.types import SnippetEmbedding
+
+    def run(root: Path, crash: bool) -> SiteData:
+        store = _store(root)
+        rec = FeedbackRecorder(FeedbackConfig(context_snippets=4), store, 0.5, lambda: "ab" * 32)
+        rng = np.random.default_rng(1)
+
+        def push(i0: int, i1: int) -> None:
+            for i in range(i0, i1):
+                rec.on_embedding(SnippetEmbedding("gate", i, 100 + 0.5 * i, 100.5 + 0.5 * i,
+                                                  rng.standard_normal(D).astype(np.float32)))
+
+        push(0, 12)
+        ev = {"id": "e7", "camera": "gate", "type": "start", "start_time": 104.0, "end_time": None,
+              "updated_time": 106.0, "category_key": "fighting"}
+        rec.on_events([SimpleNamespace(**ev)])  # an open event from row 8 on (the fields the recorder reads)
+        assert store.mark("e7", "confirmed").state == "waiting"
+        assert rec.capture_open("e7") and not rec.capture_open("other")
+        rec._waiting.extend(rec.queue.clear())
+        rec._drain(final=False)  # the writer's turn: a partial request is cut at once
+        assert (root / "pending" / "e7.npy").is_file() and (root / "pending" / "e7.mark.json").is_file()
+        if crash:
+            return _store(root)  # the process died with the event open; the next start
+        push(12, 24)
+        rec.on_events([SimpleNamespace(**{**ev, "type": "end", "end_time": 108.0})])
+        rec._waiting.extend(rec.queue.clear())
+        rec._drain(final=True)
+        return _store(root)
+
+    after_crash = run(tmp_path / "a", crash=True)
+    ex = after_crash.examples["event-e7"]
+    assert (ex.kind, ex.label) == ("confirmed", "Fighting") and not after_crash.waiting
+    assert ex.extra["partial"] is True and ex.extra["truncated"] is True
+    assert ex.snippets == 8 and ex.extra["event_rows"] == [4, 7]  # 4 rows before the event, its 4 so far
+    assert not list((tmp_path / "a" / "pending").glob("e7*"))
+    ended = run(tmp_path / "b", crash=False)
+    ex = ended.examples["event-e7"]
+    assert "partial" not in ex.extra and ex.extra["truncated"] is False and ex.label == "Fighting"
+    assert ex.snippets == 16 and ex.extra["event_rows"] == [4, 11]  # the full capture: 4 after-context rows
+
+
 def test_the_disk_bound_evicts_normal_samples_first_and_marks_last(tmp_path: Path) -> None:
     root = tmp_path / "site"
     one = 64 * D * 4 + 128  # one [64, 512] float32 file

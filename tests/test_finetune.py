@@ -58,6 +58,23 @@ def onnx_scores(bundle_dir: Path, feats: np.ndarray) -> np.ndarray:
     return out[0][0]
 
 
+def live_onnx_scores(bundle_dir: Path, feats: np.ndarray, lookahead: int = 4) -> np.ndarray:
+    """The rows' scores as the service reports them: stream's live window over the ONNX head."""
+    import onnxruntime as ort
+
+    from engine.bundle import load_bundle
+    from stream.window import streaming_scores
+
+    sess = ort.InferenceSession(str(bundle_dir / "head.onnx"), providers=["CPUExecutionProvider"])
+
+    def fn(x: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        s, p = sess.run(["scores", "class_probs"], {"features": x.astype(np.float32), "lengths": lengths})
+        return s, p
+
+    length = min(64, load_bundle(bundle_dir).max_window)
+    return streaming_scores(feats, fn, length, lookahead)[0]
+
+
 @pytest.fixture(scope="module")
 def finetuned(tiny_bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from export.finetune import FinetuneOptions, finetune
@@ -110,11 +127,12 @@ def test_refuses_a_head_worse_on_held_out_true_events(tiny_bundle_dir: Path, tmp
     items += [("confirmed", "Fighting", _pattern(EVENT_SEED), 1100.0), ("confirmed", "Fighting", fa, 2000.0)]
     site = write_site(tmp_path / "site", _head_sha(tiny_bundle_dir), items)
     held_out = np.load(site / "features" / "cam1" / "ex004.npy")
-    threshold = float(onnx_scores(tiny_bundle_dir, held_out).max()) * 0.9  # the parent detects it here
+    # the parent detects it here, scored as the service scores it (live window, lookahead 4)
+    threshold = float(live_onnx_scores(tiny_bundle_dir, held_out).max()) * 0.9
     out = tmp_path / "b2"
     code = main(["finetune", "--bundle", str(tiny_bundle_dir), "--site-data", str(site), "--out", str(out),
                  "--steps", "3", "--lr", "3e-4", "--holdout", "0.3", "--on-threshold", f"{threshold:.6g}",
-                 "--max-event-drop", "1.0"])
+                 "--min-duration", "0", "--max-event-drop", "1.0"])
     err = capsys.readouterr().err
     assert code == 1, err
     assert "detects 0 of 1 held-out true events, the parent 1" in err and "no bundle written" in err
@@ -129,6 +147,7 @@ def test_refuses_a_head_worse_on_held_out_true_events(tiny_bundle_dir: Path, tmp
     ("wrong_width", "ex001.npy has width 8"),
     ("orphan_row", "list.csv: features/cam1/extra.npy has no example"),
     ("kind_label_mismatch", "examples.jsonl line 1: kind confirmed with label 'Normal'"),
+    ("event_rows_outside", "examples.jsonl line 1: event_rows [3, 16] must be [first, last] row numbers"),
 ])
 def test_bad_site_data_is_a_clear_error_naming_the_file(tiny_bundle_dir: Path, tmp_path: Path, damage: str, names: str,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
@@ -155,6 +174,8 @@ def test_bad_site_data_is_a_clear_error_naming_the_file(tiny_bundle_dir: Path, t
             fh.write("features/cam1/extra.npy,Normal\n")
     elif damage == "kind_label_mismatch":
         ex.write_text(json.dumps({**first, "kind": "confirmed"}) + "\n" + lines[1] + "\n")
+    elif damage == "event_rows_outside":  # the files hold 16 rows
+        ex.write_text(json.dumps({**first, "event_rows": [3, 16]}) + "\n" + lines[1] + "\n")
     code = main(["finetune", "--bundle", str(tiny_bundle_dir), "--site-data", str(site), "--out", str(tmp_path / "b2")])
     err = capsys.readouterr().err
     assert code == 2, err
@@ -187,3 +208,42 @@ def test_split_holds_out_the_latest_of_each_kind(kinds: dict[str, int], fraction
         ho = [e.start for e in out if e.kind == kind]
         if tr and ho:
             assert max(tr) <= min(ho)
+
+
+class _RowHead:
+    """A stand-in head: each row scores its own first feature (what a well-behaved head does)."""
+
+    def eval(self) -> _RowHead:
+        return self
+
+    def __call__(self, feats: Any, lengths: Any) -> tuple[Any, Any]:
+        import torch
+
+        s = feats[..., 0].clamp(0, 1)
+        return s, torch.stack([1 - s, s], dim=-1)
+
+
+def test_held_out_check_reads_the_event_rows_with_the_start_rule(tmp_path: Path) -> None:
+    """The check scores the stored rows through the live window and asks whether a live event would start
+    in the event's own rows: a blip too short for min_duration is not a detection, a high score in the
+    context is not the event's, and too little context before the event is counted."""
+    from export.finetune import LiveCheck, SiteExample, held_out_figures
+
+    def example(name: str, values: list[float], rows: tuple[int, int] | None, kind: str = "confirmed") -> SiteExample:
+        feats = np.zeros((len(values), 4), np.float32)
+        feats[:, 0] = values
+        np.save(tmp_path / f"{name}.npy", feats)
+        return SiteExample(name, "c", kind, "Fighting" if kind == "confirmed" else "Normal", 0.0, 1.0, None,
+                           tmp_path / f"{name}.npy", rows)
+
+    ctx = [0.0] * 30
+    held = [example("held", ctx + [0.9, 0.9, 0.9] + [0.0] * 8, (30, 32)),  # detected
+            example("blip", ctx + [0.9, 0.1, 0.9] + [0.0] * 8, (30, 32)),  # never 2 in a row: missed
+            example("context", [0.9] * 30 + [0.1, 0.1] + [0.0] * 8, (30, 31)),  # high only in its context
+            example("short", [0.0, 0.9, 0.9, 0.0], (1, 2)),  # detected, but with 1 row of context
+            example("fa", ctx + [0.95, 0.95] + [0.0] * 8, (30, 31), kind="false_alarm")]
+    check = LiveCheck(window=16, lookahead=4, on_threshold=0.6, run=2)
+    got = held_out_figures(_RowHead(), held, check)
+    assert (got.events, got.events_detected, got.false, got.false_flagged) == (4, 2, 1, 1)
+    assert got.short_context == 1
+    assert got.event_mean_score == pytest.approx(np.mean([0.9, 0.9, 0.1, 0.9]))

@@ -126,6 +126,20 @@ def test_apply_shard_enables_only_this_workers_cameras(tmp_path, monkeypatch):
     assert [c.name for c in sub.enabled_cameras] == [c.name for c in cfg2.cameras if owner(c.name, 2) == 1]
 
 
+def test_sharded_workers_keep_site_data_in_folders_of_their_own(tmp_path, monkeypatch):
+    """Two workers of one config must never share a feedback site-data folder (each store evicts and
+    rewrites its own index files); one worker keeps the configured folder."""
+    monkeypatch.delenv("SHARD_INDEX", raising=False)
+    monkeypatch.delenv("SHARD_COUNT", raising=False)
+    cfg = load_config(_config(tmp_path, 30))
+    assert cfg.feedback.enabled
+    base = Path(cfg.feedback.directory)
+    dirs = [Path(apply_shard(cfg, f"{i}/3")[0].feedback.directory) for i in range(3)]
+    assert len(set(dirs)) == 3
+    assert all(d.parent == base and d.name == f"shard-{i}" for i, d in enumerate(dirs))
+    assert Path(apply_shard(cfg, "0/1")[0].feedback.directory) == base
+
+
 def test_a_worker_without_cameras_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.delenv("SHARD_COUNT", raising=False)
     cfg = load_config(_config(tmp_path, 1))

@@ -166,3 +166,50 @@ def test_live_head_worker_across_cameras_matches_offline_function():
         np.testing.assert_allclose([ws.score for ws in got[cam]], expected, atol=1e-6)
         np.testing.assert_allclose([ws.class_probs for ws in got[cam]], expected_p, atol=1e-6)
         assert all(ws.newest_index - ws.index <= la for ws in got[cam])
+
+
+@pytest.mark.parametrize("n,length,lookahead", [(1, 8, 2), (2, 8, 2), (3, 8, 2), (5, 8, 2), (40, 8, 0),
+                                                 (40, 8, 7), (40, 16, 4), (70, 32, 4), (300, 64, 4)])
+def test_engine_read_out_plan_is_the_live_windows(n, length, lookahead):
+    """``engine.live_window`` (what ``dsanet finetune``'s held-out check runs, without importing stream)
+    states the same jobs as ``EmbeddingWindow`` and gives the same scores as ``streaming_scores``."""
+    from engine.live_window import live_jobs, live_scores
+
+    x = emb(n, seed=n + length)
+    live = list(iter_jobs(x, length, lookahead))
+    plan = live_jobs(n, length, lookahead)
+    assert len(plan) == len(live)
+    for (lo, hi, rows), job in zip(plan, live, strict=True):
+        np.testing.assert_array_equal(x[lo:hi], job.features)
+        assert rows == tuple(r.index for r in job.rows)
+    for batch in (1, 16):
+        want_s, want_p = streaming_scores(x, fake_head, length, lookahead, batch=batch)
+        got_s, got_p = live_scores(x, fake_head, length, lookahead, batch=batch)
+        np.testing.assert_array_equal(got_s, want_s)
+        np.testing.assert_array_equal(got_p, want_p)
+
+
+def test_engine_start_rule_counts_consecutive_snippets():
+    from engine.live_window import fires, min_snippets
+
+    assert min_snippets(1.0, 16 / 30) == 2 and min_snippets(0.0, 0.5) == 1 and min_snippets(1.0, 0.5) == 2
+    s = np.asarray([0.9, 0.1, 0.9, 0.1, 0.9])
+    assert fires(s, 0.6, 1) and not fires(s, 0.6, 2)
+    assert fires(np.asarray([0.1, 0.6, 0.61, 0.2]), 0.6, 2)
+
+
+@pytest.mark.parametrize("min_duration", [0.0, 1.0, 2.0])
+def test_engine_start_rule_agrees_with_the_event_machine(min_duration):
+    """``fires`` + ``min_snippets`` start an event exactly when the live event machine would."""
+    from engine.live_window import fires, min_snippets
+    from stream.events import EventMachine, EventSettings
+    from stream.types import WindowScore
+
+    snip = 16 / 30
+    rng = np.random.default_rng(int(min_duration * 10))
+    for trial in range(60):
+        s = np.where(rng.random(12) < 0.6, 0.8, 0.2)
+        m = EventMachine("c", EventSettings(min_duration=min_duration), ["Normal", "X"], ["Normal", "X"])
+        started = any(e.type == "start" for i, v in enumerate(s) for e in m.push(WindowScore(
+            "c", i, 100 + i * snip, 100 + (i + 1) * snip, float(v), (1 - float(v), float(v)), i, 0.0)))
+        assert started == fires(s, 0.6, min_snippets(min_duration, snip)), (trial, s)

@@ -8,11 +8,17 @@ lock); the head worker calls :meth:`FeedbackRecorder.on_score` and :meth:`Feedba
 counted as ``dsanet_dropped_total{stage="feedback"}``). The writer waits until a request's after-context
 has arrived (or the camera stopped, or ``context_snippets`` snippet durations plus a margin passed), cuts
 the rows from the ring and hands them to :class:`stream.feedback.store.SiteData`.
+
+A mark given while its event is still open (:meth:`FeedbackRecorder.capture_open`) also asks for a
+*partial* capture at once: the event's rows so far with their before-context, kept on disk next to the
+waiting mark, so the mark survives a crash before the event ends (it is then applied at the next start
+from those rows, ``truncated: true``, ``partial: true``); the end's capture replaces it as usual.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -69,6 +75,7 @@ class CaptureRequest:
     predicted: str
     bundle: str | None
     asked: float  # monotonic
+    partial: bool = False  # the rows so far of an event still open (a mark waits for it)
 
 
 @dataclass
@@ -95,6 +102,8 @@ class FeedbackRecorder:
             cfg.queue_size, on_drop=self._dropped, name="feedback")
         self._on_drop = on_drop
         self._waiting: list[CaptureRequest] = []
+        self._open: dict[str, tuple[str, float, str]] = {}  # open event id -> camera, start, category key
+        self._open_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.captured = 0
@@ -104,7 +113,11 @@ class FeedbackRecorder:
         self._started = time.monotonic()
 
     def _dropped(self, req: CaptureRequest) -> None:
-        self.store.forget_open(req.event_id)
+        if req.partial:  # only the crash insurance of a waiting mark is lost; the end's capture still comes
+            log.warning("camera %s: event %s: the capture of its rows so far was dropped (queue full)",
+                        req.camera, req.event_id)
+        else:
+            self.store.forget_open(req.event_id)
         if self._on_drop is not None:
             self._on_drop(req.camera)
 
@@ -156,10 +169,26 @@ class FeedbackRecorder:
         for ev in events:
             if ev.type != "end":
                 self.store.note_open(ev.id, ev.camera, ev.category_key)
+                with self._open_lock:
+                    self._open[ev.id] = (ev.camera, ev.start_time, ev.category_key)
                 continue
+            with self._open_lock:
+                self._open.pop(ev.id, None)
             self.store.note_open(ev.id, ev.camera, ev.category_key)
             self.queue.put(CaptureRequest(ev.id, ev.camera, ev.start_time, ev.end_time or ev.updated_time,
                                           ev.category_key, self._bundle_id(), time.monotonic()))
+
+    def capture_open(self, event_id: str) -> bool:
+        """A mark waits for this open event: ask the writer for its rows so far (see the module docstring).
+        Returns whether the event is open here (False: it has ended, its capture is on the way)."""
+        with self._open_lock:
+            known = self._open.get(event_id)
+        if known is None:
+            return False
+        camera, start, category = known
+        self.queue.put(CaptureRequest(event_id, camera, start, math.inf, category, self._bundle_id(),
+                                      time.monotonic(), partial=True))
+        return True
 
     # -------------------------------------------------------------------------- writer thread
     def start(self) -> None:
@@ -201,7 +230,7 @@ class FeedbackRecorder:
             ring = self.ring_if_any(req.camera)
             rows = ring.snapshot() if ring is not None else []
             after = sum(1 for r in rows if r.start >= req.end - 1e-6)
-            done = (final or after >= self.cfg.context_snippets or ring is None or ring.closed
+            done = (req.partial or final or after >= self.cfg.context_snippets or ring is None or ring.closed
                     or time.monotonic() - req.asked > grace)
             if not done:
                 still.append(req)
@@ -215,6 +244,8 @@ class FeedbackRecorder:
 
     def _capture(self, req: CaptureRequest, rows: list[Row]) -> None:
         inside = [i for i, r in enumerate(rows) if r.end > req.start + 1e-6 and r.start < req.end - 1e-6]
+        if not inside and req.partial:
+            return  # nothing of it in memory yet (or any more): the end's capture decides
         if not inside:
             self.lost += 1
             self.store.forget_open(req.event_id)
@@ -227,8 +258,12 @@ class FeedbackRecorder:
         feats = np.stack([r.vec for r in part]).astype(np.float32, copy=False)
         truncated = inside[0] == 0 and rows[0].start > req.start + self.snippet_seconds
         cap = Capture(req.event_id, req.camera, feats, part[0].start, part[-1].end, req.bundle, req.predicted,
-                      (inside[0] - lo, inside[-1] - lo), truncated)
+                      (inside[0] - lo, inside[-1] - lo), truncated, partial=req.partial)
         state = self.store.add_capture(cap)
+        if req.partial:
+            log.debug("camera %s: open event %s: %d rows kept for its waiting mark (%s)", req.camera, req.event_id,
+                      len(part), state)
+            return
         self.captured += 1
         log.debug("camera %s: event %s captured (%d rows, %s)", req.camera, req.event_id, len(part), state)
 

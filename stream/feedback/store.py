@@ -70,6 +70,7 @@ class Capture:
     predicted: str  # the event's category key
     event_rows: tuple[int, int]  # first and last row of the event itself inside ``features``
     truncated: bool = False  # the ring no longer held the event's first rows
+    partial: bool = False  # cut while the event was still open (a mark waits): replaced by the end's capture
 
 
 @dataclass(frozen=True)
@@ -122,11 +123,13 @@ class Pending:
     snippets: int
     stored_at: float
     bytes: int
+    partial: bool = False  # the rows up to a mark given while the event was open
 
     def meta(self) -> dict[str, Any]:
         return {"event_id": self.event_id, "camera": self.camera, "start": self.start, "end": self.end,
                 "bundle": self.bundle, "predicted": self.predicted, "event_rows": list(self.event_rows),
-                "truncated": self.truncated, "snippets": self.snippets, "stored_at": self.stored_at}
+                "truncated": self.truncated, "snippets": self.snippets, "stored_at": self.stored_at,
+                "partial": self.partial}
 
 
 @dataclass(frozen=True)
@@ -226,7 +229,8 @@ class SiteData:
                             end=float(d["end"]), bundle=d.get("bundle"), predicted=str(d["predicted"]),
                             event_rows=(int(d["event_rows"][0]), int(d["event_rows"][1])),
                             truncated=bool(d.get("truncated")), snippets=int(d["snippets"]),
-                            stored_at=float(d["stored_at"]), bytes=npy.stat().st_size + meta.stat().st_size)
+                            stored_at=float(d["stored_at"]), bytes=npy.stat().st_size + meta.stat().st_size,
+                            partial=bool(d.get("partial")))
             except (ValueError, KeyError, TypeError, IndexError, OSError):
                 meta.unlink(missing_ok=True)
                 npy.unlink(missing_ok=True)
@@ -242,6 +246,13 @@ class SiteData:
                 orphans += 1
         for wid in [w for w in self.waiting if w not in self.pending]:  # its event was lost with a crash
             self._drop_waiting(wid)
+        # a mark given while its event was open, whose capture was saved up to the mark: the previous run
+        # ended before the event did (a crash; the journal ends such events at start), so apply it now
+        for wid, w in list(self.waiting.items()):
+            self._apply(wid, str(w["kind"]), str(w["label"]), float(w["marked_at"]))
+            self._drop_waiting(wid)
+            log.info("feedback: the mark of event %s, given while it was open, applied after a restart (from its "
+                     "rows up to the mark)", wid)
         if bad or orphans:
             log.warning("feedback: %s: skipped %d unreadable index line(s), removed %d orphan file(s)", self.root,
                         bad, orphans)
@@ -354,8 +365,14 @@ class SiteData:
             self.open[event_id] = (camera, category_key)
 
     def add_capture(self, cap: Capture) -> str:
-        """An ended event's capture: becomes an example at once when a mark waits for it, else pending."""
+        """An ended event's capture: becomes an example at once when a mark waits for it, else pending.
+
+        A ``partial`` capture (the rows up to a mark on an open event) is only kept on disk next to the
+        waiting mark, so that the mark survives a crash before the event ends; the end's capture replaces
+        it. Without a waiting mark (it was applied already) a partial capture is ignored."""
         data = _npy_bytes(cap.features)
+        if cap.partial:
+            return self._add_partial(cap, data)
         with self._lock:
             self.open.pop(cap.event_id, None)
             if not self._fits(len(data), f"capture of event {cap.event_id}"):
@@ -379,6 +396,21 @@ class SiteData:
                 self.evicted["pending"] += 1
             self._enforce(keep=cap.event_id)
             return "pending"
+
+    def _add_partial(self, cap: Capture, data: bytes) -> str:
+        with self._lock:
+            if cap.event_id not in self.waiting or cap.event_id not in self.open:
+                return "ignored"
+            if not self._fits(len(data), f"capture of open event {cap.event_id}"):
+                return "refused"
+            atomic_write(self.root / PENDING / f"{cap.event_id}.npy", data)
+            p = Pending(cap.event_id, cap.camera, cap.start, cap.end, cap.bundle, cap.predicted, cap.event_rows,
+                        cap.truncated, int(cap.features.shape[0]), self._clock(), 0, partial=True)
+            meta = json.dumps(p.meta(), separators=(",", ":")) + "\n"
+            atomic_write(self.root / PENDING / f"{cap.event_id}.json", meta)
+            self.pending[cap.event_id] = replace(p, bytes=len(data) + len(meta))
+            self._enforce(keep=cap.event_id)
+            return "partial"
 
     def forget_open(self, event_id: str) -> None:
         """The capture of an ended event was lost (queue full, ring overrun): marks for it now 404."""
@@ -418,6 +450,8 @@ class SiteData:
             ex = self.examples.get(ex_id)
             p = self.pending.get(event_id)
             opened = self.open.get(event_id)
+            if p is not None and p.partial and opened is not None:
+                p = None  # rows up to an earlier mark: the event is still open, so this mark waits too
             if ex is None and p is None and opened is None:
                 raise FeedbackError(f"event {event_id!r} is not known here: no embeddings kept for it (not an event "
                                     f"of this service, or older than the last feedback.pending_events events)",
@@ -450,10 +484,12 @@ class SiteData:
         os.replace(src, path)
         (self.root / PENDING / f"{event_id}.json").unlink(missing_ok=True)
         size = path.stat().st_size
+        extra: dict[str, Any] = {"predicted": p.predicted, "event_rows": list(p.event_rows),
+                                 "truncated": p.truncated or p.partial}
+        if p.partial:
+            extra["partial"] = True  # the event's rows after the mark were lost with the previous run
         self.examples[ex_id] = Example(ex_id, p.camera, kind, label, event_id, p.start, p.end, p.bundle, marked_at,
-                                       rel, size, p.snippets,
-                                       {"predicted": p.predicted, "event_rows": list(p.event_rows),
-                                        "truncated": p.truncated})
+                                       rel, size, p.snippets, extra)
         self._enforce(keep=ex_id)
 
     def known_events(self) -> Sequence[str]:
