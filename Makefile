@@ -20,10 +20,13 @@ demo: $(STAMP)
 
 # As root, the system packages the integration tests need are installed first; otherwise the last lines
 # say which are missing (those tests skip; CI=true makes them fail).
+# Two pytest-xdist workers (PYTEST_WORKERS=0: one process); tests/conftest.py says how the work is split.
+PYTEST_WORKERS ?= 2
 test: $(STAMP)
 	@bash .ci/system-packages.sh --when-root
 	bash .ci/triton-venv.sh
-	@$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; bash .ci/system-packages.sh --check-only; exit $$rc
+	@$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS); rc=$$?; \
+		bash .ci/system-packages.sh --check-only; exit $$rc
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

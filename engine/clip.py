@@ -100,10 +100,8 @@ def resolve_clip_dir(spec: str | os.PathLike[str], cache_dir: str | os.PathLike[
     """Turn ``--clip DIR|tiny`` into a checked directory. ``tiny`` builds (once) the random tiny CLIP."""
     if str(spec) == TINY:
         target = Path(cache_dir) if cache_dir else default_cache_dir() / "tiny-clip"
-        marker = target / "TINY_RANDOM_CLIP"
-        if not (target / "config.json").exists() or not marker.exists() or \
-                f"version {TINY_VERSION}" not in marker.read_text():
-            build_tiny_clip(target)
+        if not _tiny_is_current(target):
+            _build_tiny_clip_atomically(target)
         log.warning(TINY_WARNING)
         return target
     path = Path(spec)
@@ -119,6 +117,43 @@ def resolve_clip_dir(spec: str | os.PathLike[str], cache_dir: str | os.PathLike[
     if not any((path / n).exists() for n in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")):
         raise ClipLoadError(f"CLIP directory {path} has no weights (model.safetensors or pytorch_model.bin)")
     return path
+
+
+def _tiny_is_current(target: Path) -> bool:
+    marker = target / "TINY_RANDOM_CLIP"
+    try:
+        return (target / "config.json").exists() and f"version {TINY_VERSION}" in marker.read_text()
+    except OSError:
+        return False
+
+
+def _build_tiny_clip_atomically(target: Path) -> None:
+    """Build the cached tiny CLIP in a private folder and move it into place in one rename.
+
+    Several processes may resolve ``tiny`` at once (parallel test workers, two ``dsanet`` commands): none
+    of them may load a half-written folder, so the folder appears complete or not at all.
+    """
+    import shutil
+    import tempfile
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        build_tiny_clip(work)
+        if target.exists() and not _tiny_is_current(target):  # an older recipe: replaced
+            stale = Path(tempfile.mkdtemp(prefix=f".{target.name}.stale.", dir=target.parent))
+            try:
+                os.replace(target, stale / "old")
+            except OSError:
+                pass  # another process moved it first
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            os.replace(work, target)
+        except OSError:  # another process put a complete one in place first
+            if not _tiny_is_current(target):
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def is_tiny(clip_dir: str | os.PathLike[str]) -> bool:

@@ -4,8 +4,9 @@ the figures BENCHMARKS.md quotes. No timing is asserted (machines are noisy); th
 present and well-formed, so a refactor of the service, runtime or exporter that breaks a benchmark is
 caught here rather than the day someone re-measures.
 
-The scripts share one bench cache per test session (``$DSANET_BENCH_CACHE`` in a tmp dir), so exported
-graphs and the tiny bundle are built once. The scripts that run the live service are marked slow.
+The scripts share one bench cache per test run (``$DSANET_BENCH_CACHE`` in a tmp dir, the fixture
+``bench_cache_dir``, shared with the soak test), so exported graphs and the tiny bundle are built once. The
+scripts that run the live service are marked slow.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ sys.path.insert(0, str(BENCH))
 from common import parse_result, percentile, result_line, table  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def bench_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("bench-cache")
+@pytest.fixture
+def bench_cache(bench_cache_dir: Path) -> Path:
+    """The run's bench cache (``tests/fixtures/fx_bench.py``): the tiny bundle is already in it."""
+    return bench_cache_dir
 
 
 def run_script(name: str, args: list[str], cache: Path, timeout: float = 600) -> tuple[str, dict[str, str]]:

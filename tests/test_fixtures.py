@@ -535,3 +535,64 @@ def test_promtool_lints_a_metrics_page() -> None:
     assert promtool_check_metrics(good).returncode == 0
     bad = promtool_check_metrics("# TYPE dsanet_frames_total counter\ndsanet_frames_total 3\n")
     assert bad.returncode != 0 and "no help text" in (bad.stdout + bad.stderr).lower()
+
+
+class _WorkerTmp:
+    """Stands in for one xdist worker's ``tmp_path_factory``: its base temp dir sits beside the others'."""
+
+    def __init__(self, run: Path, worker: str) -> None:
+        self.base = run / f"popen-{worker}"
+        self.base.mkdir(parents=True, exist_ok=True)
+
+    def getbasetemp(self) -> Path:
+        return self.base
+
+    def mktemp(self, name: str) -> Path:  # pragma: no cover - only used without xdist
+        raise AssertionError("build_once must not make a private folder under xdist")
+
+
+def test_build_once_builds_a_session_artefact_once_for_all_xdist_workers(tmp_path, monkeypatch) -> None:
+    from tests.fixtures.shared import build_once
+
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")
+    calls: list[Path] = []
+
+    def build(folder: Path) -> Path:
+        calls.append(folder)
+        time.sleep(0.3)  # the other workers arrive while this one is still building
+        (folder / "thing").write_text("built")
+        return folder / "thing"
+
+    got: list[Path] = []
+    workers = [threading.Thread(target=lambda w=w: got.append(
+        build_once(_WorkerTmp(tmp_path, w), "artefact", build))) for w in ("gw0", "gw1", "gw2")]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    assert len(calls) == 1 and len(got) == 3 and len(set(got)) == 1
+    assert got[0].read_text() == "built" and got[0].parent.parent == tmp_path / "shared"
+
+
+def test_build_once_builds_again_after_a_failed_build(tmp_path, monkeypatch) -> None:
+    from tests.fixtures.shared import build_once
+
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw1")
+
+    def broken(folder: Path) -> Path:
+        (folder / "half").write_text("half")
+        raise RuntimeError("build failed")
+
+    with pytest.raises(RuntimeError, match="build failed"):
+        build_once(_WorkerTmp(tmp_path, "gw0"), "artefact", broken)
+    out = build_once(_WorkerTmp(tmp_path, "gw1"), "artefact", lambda f: f)
+    assert out == tmp_path / "shared" / "artefact" and not (out / "half").exists()  # what failed is gone
+
+
+def test_build_once_without_xdist_builds_in_a_private_folder(tmp_path_factory, monkeypatch) -> None:
+    from tests.fixtures.shared import build_once
+
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+    a = build_once(tmp_path_factory, "private", lambda f: f)
+    b = build_once(tmp_path_factory, "private", lambda f: f)
+    assert a != b and a.is_dir() and b.is_dir()

@@ -21,8 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 
 @pytest.mark.slow
-def test_short_soak_resources_do_not_grow_after_warmup():
+def test_short_soak_resources_do_not_grow_after_warmup(bench_cache_dir, monkeypatch):
     import soak
+
+    monkeypatch.setenv("DSANET_BENCH_CACHE", str(bench_cache_dir))  # the run's tiny bundle (fx_bench.py)
 
     res = soak.run_soak(cameras=4, seconds=60.0, source="auto", width=160, height=96, fps=10, warmup=20.0,
                         out=io.StringIO())
