@@ -43,7 +43,8 @@ def live_jobs(n: int, length: int, lookahead: int) -> list[tuple[int, int, tuple
     indices). Every snippet is reported exactly once.
     """
     check_window(length, lookahead)
-    jobs = [(max(0, i - length + 1), i + 1, (i - lookahead,)) for i in range(lookahead, n)]
+    jobs: list[tuple[int, int, tuple[int, ...]]] = [
+        (max(0, i - length + 1), i + 1, (i - lookahead,)) for i in range(lookahead, n)]
     rest = min(lookahead, n)
     if rest:
         jobs.append((max(0, n - length), n, tuple(range(n - rest, n))))

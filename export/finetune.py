@@ -357,11 +357,12 @@ def _head_score_fn(head: Any) -> Any:
     return fn
 
 
-def example_live_scores(head: Any, example: SiteExample, check: LiveCheck) -> np.ndarray:
-    """The example's per-row scores as the service reports them (live window over its stored rows)."""
+def example_live_scores(head: Any, example: SiteExample, check: LiveCheck, width: int) -> np.ndarray:
+    """The example's per-row scores as the service reports them (live window over its stored rows of
+    ``width``-d embeddings)."""
     from export.data import load_features
 
-    emb = load_features(example.path)
+    emb = load_features(example.path, width)
     scores, _ = live_scores(emb, _head_score_fn(head), check.window, check.lookahead)
     return scores
 
@@ -370,14 +371,14 @@ def _rows_of_interest(example: SiteExample, n: int) -> tuple[int, int]:
     return example.event_rows if example.event_rows is not None else (0, n - 1)
 
 
-def held_out_figures(head: Any, held: Sequence[SiteExample], check: LiveCheck) -> HeldOutFigures:
+def held_out_figures(head: Any, held: Sequence[SiteExample], check: LiveCheck, width: int) -> HeldOutFigures:
     """Score the held-out examples through the live window with ``head`` (a ``DSANetHead``, eval mode)."""
     head.eval()
     ev_peak: list[float] = []
     fa_peak: list[float] = []
     ev_hit = fa_hit = short = 0
     for e in held:
-        s = example_live_scores(head, e, check)
+        s = example_live_scores(head, e, check, width)
         lo, hi = _rows_of_interest(e, len(s))
         if e.event_rows is not None and lo < check.window - 1 - check.lookahead:
             short += 1
@@ -540,10 +541,10 @@ def finetune(bundle_dir: str | os.PathLike[str], site_data: str | os.PathLike[st
                     "zero-padded, which the live window (full of real snippets) never shows; keep at least one "
                     "window of context per mark", short, len(site.examples), window)
     check = LiveCheck.of(opts, min(int(parent.max_window), window), parent.snippet_seconds)
-    before = held_out_figures(head, held, check)
+    before = held_out_figures(head, held, check, parent.embedding_width)
     model, losses = adapt(head, train, preset, opts)
     new_head = head_from_model(model.cpu(), head.config)
-    after = held_out_figures(new_head, held, check)
+    after = held_out_figures(new_head, held, check, parent.embedding_width)
     if before.short_context:
         log.warning("%d held-out examples have fewer than %d rows of context before their event: checked with a "
                     "shorter window than the live one", before.short_context, check.window - 1 - check.lookahead)

@@ -162,8 +162,8 @@ def apply_shard(cfg: Any, cli: str | None = None) -> tuple[Any, Shard]:
         raise ShardError(f"shard {shard} (from {shard.source}) owns none of the {total} enabled camera(s): "
                          f"see `dsanet shard-plan -c FILE --workers {shard.count}`")
     update: dict[str, Any] = {"cameras": cams}
-    fb = getattr(cfg, "feedback", None)
-    if fb is not None and fb.enabled:
+    fb = cfg.feedback
+    if fb.enabled:
         update["feedback"] = fb.model_copy(update={"directory": shard_directory(fb.directory, shard)})
     return cfg.model_copy(update=update), shard
 

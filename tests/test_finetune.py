@@ -243,7 +243,7 @@ def test_held_out_check_reads_the_event_rows_with_the_start_rule(tmp_path: Path)
             example("short", [0.0, 0.9, 0.9, 0.0], (1, 2)),  # detected, but with 1 row of context
             example("fa", ctx + [0.95, 0.95] + [0.0] * 8, (30, 31), kind="false_alarm")]
     check = LiveCheck(window=16, lookahead=4, on_threshold=0.6, run=2)
-    got = held_out_figures(_RowHead(), held, check)
+    got = held_out_figures(_RowHead(), held, check, width=4)
     assert (got.events, got.events_detected, got.false, got.false_flagged) == (4, 2, 1, 1)
     assert got.short_context == 1
     assert got.event_mean_score == pytest.approx(np.mean([0.9, 0.9, 0.1, 0.9]))
