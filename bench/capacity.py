@@ -19,8 +19,10 @@ service's ``encoder-worker`` / ``head-worker`` threads, ``pthread_getcpuclockid`
 those threads only when ``model.threads`` is 1, so the split comes from one more run at 1 thread when the
 counts ran at another, e.g. the service's default) and **rest** (process CPU minus those:
 readers' Python, RGB conversion and resize, window bookkeeping, events, metrics). And the **physical
-limit**: the encoder's FLOPs per image (counted from the ViT-B/16 shape) against this CPU's measured
-fp32 GEMM throughput (numpy matmul, measured in the run, per CPU second and on the wall clock).
+limit**: the encoder's FLOPs per image (counted from the ViT-B/16 shape) against this CPU's GEMM
+throughput, measured in the run at one thread: numpy's float32 matmul and ONNX Runtime's own ``MatMul``
+(float32) and ``MatMulInteger`` (uint8 x int8, what the INT8 encoder's matmuls run on). The fp32 limit
+takes the faster float32 kernel, the INT8 limit the INT8 kernel.
 
 "After" runs: ``--set KEY=VALUE`` (dotted config path, YAML value, repeatable) sets any deployment config
 key, e.g. ``--set scoring.adaptive_stride=4 --set still_gate.enabled=true``; ``--camera-set`` sets it in
@@ -249,7 +251,9 @@ def search(label: str, bundle: Path, clips_of: Any, seconds: float, warmup: floa
     while n <= max_n:
         if trial(n):
             good = n
-            n *= 2
+            if n == max_n:
+                break
+            n = min(n * 2, max_n)  # doubling past --max tries --max itself, so the answer is not capped below it
         else:
             bad = n
             break
@@ -317,10 +321,49 @@ def gemm_throughput(seconds: float = 1.5, n: int = 768, k: int = 3072) -> tuple[
     return calls * flops / cpu / 1e9, calls * flops / wall / 1e9
 
 
+def ort_gemm_throughput(int8: bool, seconds: float = 1.5, n: int = 768, k: int = 3072) -> float | None:
+    """Operations per CPU second (G) of ONNX Runtime's own GEMM kernel at one thread, same shape as
+    :func:`gemm_throughput`: ``MatMul`` in float32, or ``MatMulInteger`` (uint8 x int8 -> int32, the kernel
+    under the INT8 encoder's ``DynamicQuantizeMatMul``). The encoder runs on these kernels, not numpy's, and
+    on some CPUs they are much faster (MLAS vs OpenBLAS), so the limit uses the faster measured one. None
+    when the ``onnx`` package (the ``export`` extra) is missing."""
+    try:
+        import onnx
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+    except ImportError:
+        return None
+    m = 197 * 8
+    a_t, b_t, y_t = (TensorProto.UINT8, TensorProto.INT8, TensorProto.INT32) if int8 else \
+        (TensorProto.FLOAT, TensorProto.FLOAT, TensorProto.FLOAT)
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger" if int8 else "MatMul", ["a", "b"], ["y"])], "gemm",
+        [helper.make_tensor_value_info("a", a_t, [m, k]), helper.make_tensor_value_info("b", b_t, [k, n])],
+        [helper.make_tensor_value_info("y", y_t, [m, n])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    if int8:
+        feed = {"a": rng.integers(0, 256, (m, k), dtype=np.uint8), "b": rng.integers(-127, 128, (k, n), dtype=np.int8)}
+    else:
+        feed = {"a": rng.standard_normal((m, k), dtype=np.float32), "b": rng.standard_normal((k, n), dtype=np.float32)}
+    sess.run(None, feed)
+    calls = 0
+    c0, w0 = time.process_time(), time.monotonic()
+    while time.monotonic() - w0 < seconds or calls < 3:
+        sess.run(None, feed)
+        calls += 1
+    return calls * 2.0 * m * k * n / (time.process_time() - c0) / 1e9
+
+
 def int8_gemm_factor() -> tuple[float, str]:
     """INT8 over fp32 peak multiply-adds per cycle on this CPU, from its instruction set: 4x with VNNI
     (one instruction multiplies and accumulates 8-bit values into 32 bits), 2x on plain AVX2 (vpmaddubsw and
-    vpmaddwd take two steps and an int16 intermediate)."""
+    vpmaddwd take two steps and an int16 intermediate). Used only when the INT8 kernel cannot be timed."""
     try:
         flags = set(Path("/proc/cpuinfo").read_text().split())
     except OSError:
@@ -366,17 +409,28 @@ def main(argv: list[str] | None = None) -> int:
 
     enc_flops = vit_flops(**VITB16)
     g_cpu, g_wall = gemm_throughput()
-    limit_cpu = cores * g_cpu * 1e9 / (enc_flops * SNIPPETS_PER_S)
-    int8_x, int8_why = int8_gemm_factor()
-    print(table(["encoder", "GFLOP/image", "GFLOP/s per camera", "fp32 GEMM GFLOP/s per CPU s", "GEMM GFLOP/s wall now",
-                 "cameras at fp32 GEMM peak", f"cameras at {int8_x:g}x (INT8 peak, {int8_why})"],
-                [["ViT-B/16", enc_flops / 1e9, enc_flops * SNIPPETS_PER_S / 1e9, g_cpu, g_wall, limit_cpu,
-                  int8_x * limit_cpu]], digits=2))
+    ort_fp32, ort_int8 = ort_gemm_throughput(False), ort_gemm_throughput(True)
+    best_fp32 = max(g_cpu, ort_fp32 or 0.0)
+    per_cam = enc_flops * SNIPPETS_PER_S / 1e9  # GFLOP/s one camera needs
+    limit_cpu = cores * best_fp32 / per_cam
+    if ort_int8 is not None:
+        int8_ops, int8_why = ort_int8, "ORT MatMulInteger measured"
+    else:
+        factor, why = int8_gemm_factor()
+        int8_ops, int8_why = factor * best_fp32, f"{factor:g}x fp32 from CPU flags ({why})"
+    limit_int8 = cores * int8_ops / per_cam
+    print(table(["encoder", "GFLOP/image", "GFLOP/s per camera", "numpy fp32 GEMM G/s per CPU s",
+                 "ORT fp32 GEMM G/s per CPU s", "ORT INT8 GEMM G/s per CPU s", "numpy GEMM G/s wall now",
+                 "cameras at fp32 GEMM peak", "cameras at INT8 GEMM peak"],
+                [["ViT-B/16", enc_flops / 1e9, per_cam, g_cpu, "n/a" if ort_fp32 is None else ort_fp32,
+                  "n/a" if ort_int8 is None else ort_int8, g_wall, limit_cpu,
+                  limit_int8]], digits=2))
     print(f"\nphysical limit: ViT-B/16 encoder {enc_flops / 1e9:.1f} GFLOP per image x {SNIPPETS_PER_S:.3f} "
-          f"images per camera-second = {enc_flops * SNIPPETS_PER_S / 1e9:.1f} GFLOP/s per camera; numpy fp32 GEMM "
-          f"{g_cpu:.0f} GFLOP/s per CPU second ({g_wall:.0f} on the wall clock now, load {os.getloadavg()[0]:.1f}) "
-          f"-> at most {limit_cpu:.1f} cameras on {cores} idle cores at fp32 GEMM peak (this CPU's INT8 GEMM peak "
-          f"is up to {int8_x:g}x that: {int8_why})\n")
+          f"images per camera-second = {per_cam:.1f} GFLOP/s per camera; fastest fp32 GEMM measured "
+          f"{best_fp32:.0f} GFLOP/s per CPU second (numpy {g_cpu:.0f}, {g_wall:.0f} on the wall clock now, load "
+          f"{os.getloadavg()[0]:.1f}) -> at most {limit_cpu:.1f} cameras on {cores} idle cores at fp32 GEMM peak; "
+          f"INT8 GEMM {int8_ops:.0f} G operations per CPU second ({int8_why}) -> at most {limit_int8:.1f} cameras "
+          f"with every encoder operation at INT8 GEMM peak\n")
     out: dict[str, Any] = {}
     why = supported(sets, camera_sets)
     if why is not None:
@@ -384,7 +438,9 @@ def main(argv: list[str] | None = None) -> int:
         cases = [c.strip() for c in args.cases.split(",") if c.strip()]
         for c in cases:
             out[c.replace(":", "_")] = "n/a"
-        out.update({"head_to_encoder": "n/a", "limit_fp32_gemm_cams": limit_cpu, "gemm_gflops_per_cpu_s": g_cpu,
+        out.update({"head_to_encoder": "n/a", "limit_fp32_gemm_cams": limit_cpu, "limit_int8_gemm_cams": limit_int8,
+                    "gemm_gflops_per_cpu_s": g_cpu, "ort_gemm_gflops_per_cpu_s": math.nan if ort_fp32 is None else ort_fp32,
+                    "ort_int8_gops_per_cpu_s": math.nan if ort_int8 is None else ort_int8,
                     "encoder_gflop": enc_flops / 1e9, "overrides": overrides.replace(" ", ","),
                     "load_1m": m["load_1m"]})
         print()
@@ -474,7 +530,10 @@ def main(argv: list[str] | None = None) -> int:
         out[f"{k}_cpu_bound_cams"] = cores / s["total"] if s["total"] > 0 else float("nan")
     out["decode_per_cam_s"] = max(s["decode"] for s in split_best.values()) if split_best else float("nan")
     out["limit_fp32_gemm_cams"] = limit_cpu
+    out["limit_int8_gemm_cams"] = limit_int8
     out["gemm_gflops_per_cpu_s"] = g_cpu
+    out["ort_gemm_gflops_per_cpu_s"] = math.nan if ort_fp32 is None else ort_fp32
+    out["ort_int8_gops_per_cpu_s"] = math.nan if ort_int8 is None else ort_int8
     out["encoder_gflop"] = enc_flops / 1e9
     out["overrides"] = overrides.replace(" ", ",")
     out["load_1m"] = m["load_1m"]

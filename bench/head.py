@@ -17,7 +17,7 @@ the ratio measured side by side in one process (official vs our head, same weigh
 is the figure to trust.
 
 ``--torch-threads`` times the torch runtime's head and a ViT-B/16-shaped encoder at 1 and 2 intra-op
-threads, interleaved, to back the torch runtime's default thread count (``DEFAULT_CPU_THREADS``).
+threads, interleaved, to back the torch runtime's default thread count (``engine.runtimes.torch.default_cpu_threads``).
 
 ``--profile`` adds per-operator profiles of both backends at W=256, B=8 (ORT's own profiler and
 ``torch.profiler``) and ORT variants (optimisation level, threads) so a missed target can be explained.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -150,6 +151,13 @@ def test_capacity_reports_na_for_config_keys_this_checkout_lacks(bench_cache: Pa
     assert res["busy_fp32"] == res["busy_int8"] == res["still_int8"] == res["head_to_encoder"] == "n/a"
     assert "no_such_section" in out and "cameras.0.no_such_key" in out
     assert number(res, "encoder_gflop") > 30  # ViT-B/16 at 224 px: ~17.6 G multiply-adds
+    # the limits come from kernels timed in the run: the fp32 one from the faster of numpy and ORT, the
+    # INT8 one from ORT's MatMulInteger, so it sits above the fp32 limit on any CPU with integer SIMD
+    fp32_best = max(number(res, "gemm_gflops_per_cpu_s"), number(res, "ort_gemm_gflops_per_cpu_s"))
+    cores = int(re.search(r"machine: (\d+) cores", out).group(1))  # type: ignore[union-attr]
+    assert number(res, "limit_fp32_gemm_cams") == pytest.approx(cores * fp32_best / (number(res, "encoder_gflop") * 1.875),
+                                                               rel=0.02)
+    assert number(res, "limit_int8_gemm_cams") > number(res, "limit_fp32_gemm_cams") > 0
 
 
 @pytest.mark.parametrize("sets, camera_sets, bad", [
@@ -175,6 +183,8 @@ def test_capacity_overrides_validate_or_name_the_unknown_key(sets, camera_sets, 
     (0, 1, 8, 0),    # even one camera falls behind
     (64, 1, 8, 64),  # never fails up to --max
     (13, 4, 8, 13),
+    (30, 6, 8, 20),  # 6, 12 ok; doubling past --max 20 tries 20 itself (ok): the answer is --max, not 12
+    (14, 6, 8, 14),  # 6, 12 ok, 20 (--max) fails, bisection between 12 and 20 finds 14
 ])
 def test_capacity_search_doubles_then_bisects(limit, start, steps, want, monkeypatch) -> None:
     import capacity
@@ -187,7 +197,8 @@ def test_capacity_search_doubles_then_bisects(limit, start, steps, want, monkeyp
                 "scored": 1, "due": 1.0, "cpu": 1.0, "wall": 1.0}
 
     monkeypatch.setattr(capacity, "run_once", fake_run)
-    n, runs = capacity.search("t", Path("b"), lambda k: [Path("c")] * k, 1, 1, 1, start, 64, steps, [], [],
+    max_n = 20 if start == 6 else 64
+    n, runs = capacity.search("t", Path("b"), lambda k: [Path("c")] * k, 1, 1, 1, start, max_n, steps, [], [],
                               say=lambda *_: None)
     assert n == want and len(runs) == len(tried)
     assert all((t <= limit) == (t <= n) for t in tried)  # every N tried above the answer failed, below passed

@@ -399,14 +399,14 @@ def test_gpu_check_pure_torch_vit_has_clip_vitb16_size():
 
 @pytest.mark.parametrize(("threads", "expected"), [(None, "default"), (2, 2)])
 def test_torch_cpu_runner_thread_count(tiny_bundle_dir, threads, expected) -> None:  # noqa: ANN001
-    """Unset threads on CPU -> DEFAULT_CPU_THREADS (the count measured fastest); an explicit count wins."""
+    """Unset threads on CPU -> one per usable core (the count measured fastest); an explicit count wins."""
     torch = pytest.importorskip("torch")
-    from engine.runtimes.torch import DEFAULT_CPU_THREADS
+    from engine.runtimes.torch import default_cpu_threads
 
     before = torch.get_num_threads()
     try:
         _, _, head = load_models(tiny_bundle_dir, runtime="torch", device="cpu", threads=threads)
-        want = DEFAULT_CPU_THREADS if expected == "default" else expected
+        want = default_cpu_threads() if expected == "default" else expected
         assert head.describe()["threads"] == want == torch.get_num_threads()
     finally:
         torch.set_num_threads(before)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import threading
 from typing import Any
 
@@ -33,11 +34,17 @@ log = logging.getLogger(__name__)
 
 TORCH_HINT = "pip install torch (or the 'dsanet-stream[tensorrt]' / '[train]' extras)"
 
-# Intra-op threads on CPU when ``threads`` is not given. Measured fastest (BENCHMARKS.md, head section):
-# on the 2-core reference machine the DSANet head in torch eager took 76 ms at 1 thread vs 931 ms at 2
-# (2026-11-29, quiet), and 1 thread is also faster or equal for the encoder; torch's default (one thread
-# per core) loses on small per-call work. Set ``model.threads`` to override.
-DEFAULT_CPU_THREADS = 1
+# Intra-op threads on CPU when ``threads`` is not given: one per usable core, the count that measured
+# fastest on quiet machines (BENCHMARKS.md, "torch eager: 1 vs 2 intra-op threads", `bench/head.py
+# --torch-threads`): 2 threads took 0.59x (head, W=256) and 0.60x (ViT-B/16 encoder) of 1 thread's time on
+# a 2-core Zen 5 (2026-12-02), 0.60x / 0.58x on a 2-core Zen 2 the same day. (The 1-thread default this
+# replaces came from a 2026-11-29 run where 2 threads took 12x longer, on a machine shared with other
+# jobs: oversubscribed cores, not the thread count, made that run slow.) Set ``model.threads`` to override.
+def default_cpu_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def import_torch() -> Any:
@@ -136,7 +143,7 @@ def probe_torch(device: str) -> str | None:
 class TorchRunner(Runner):
     """Options: ``compile`` (bool, default False), ``compile_mode`` (torch.compile mode, e.g.
     'reduce-overhead' or 'max-autotune'); ``threads`` sets ``torch.set_num_threads`` (on CPU, unset means
-    ``DEFAULT_CPU_THREADS``, the count that measured fastest)."""
+    one thread per usable core, the count that measured fastest: :func:`default_cpu_threads`)."""
 
     precisions = ("fp32", "fp16", "bf16")
 
@@ -150,7 +157,7 @@ class TorchRunner(Runner):
         if cuda_device(self.device) and not torch.cuda.is_available():
             raise RuntimeUnavailable(f"torch {torch.__version__} cannot use CUDA here (CPU-only build or no GPU)")
         self._device = torch.device(self.device)
-        threads = self.threads or (DEFAULT_CPU_THREADS if self._device.type == "cpu" else None)
+        threads = self.threads or (default_cpu_threads() if self._device.type == "cpu" else None)
         if threads:
             torch.set_num_threads(int(threads))
         self._dtype = torch_dtype(self.precision)
