@@ -61,7 +61,7 @@ SIZE = (256, 144)
 BEACON_EVERY, BEACON_FIRST, BEACON_LEN = 30.0, 10.0, 6.0
 EVENT_EVERY, EVENT_FIRST, EVENT_LEN = 60.0, 25.0, 6.0  # 9 s of calm between an event and the benign pattern
 MARK_COUNTS = (1, 5, 20)
-DEFAULT_BENIGN = "green"
+DEFAULT_BENIGN = "magenta"
 
 
 @dataclass(frozen=True)
@@ -551,6 +551,13 @@ def main(argv: list[str] | None = None) -> int:
         beacon_mask[int(a / sec):int(b / sec)] = True
     for _, a, b in truth:
         event_mask[int(a / sec):int(b / sec)] = True
+    late = np.arange(len(feats)) * sec >= history_end
+
+    def mean_scores(arr: np.ndarray) -> dict[str, float]:
+        """Mean live score of the evaluation half during the benign pattern and during true events."""
+        return {"s_benign": float(arr[beacon_mask & late].mean()), "s_events": float(arr[event_mask & late].mean())}
+
+    results["base"].update(mean_scores(s_arr))
     say(f"base: mean live score calm {s_arr[~beacon_mask & ~event_mask].mean():.3f}, during the benign pattern "
         f"{s_arr[beacon_mask].mean():.3f}, during true events {s_arr[event_mask].mean():.3f}")
 
@@ -558,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     cal = learn_thresholds([float(x) for x in s_arr[:hist_n]], sec, ev_cfg, target_per_day=24.0, floor=0.5)
     say(f"calibration on the history: on {cal.on:.3f} off {cal.off:.3f} (expected {cal.expected_per_day:.1f}/day)")
     results["calibrated"] = tally(run_machine(base_scores, bundle, cal.on, cal.off), truth, evaluation, origin)
+    results["calibrated"].update(mean_scores(s_arr), on=cal.on)
 
     marks, calm = make_marks(feats, sec, origin, spans, truth, history_end, s_arr, off0)
     say(f"history: {len(marks)} base-model events ({sum(m['kind'] == 'false_alarm' for m in marks)} false alarms), "
@@ -584,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         sc, b2 = score_snippets(out, feats, sec, origin)
         results[f"ft{n}"] = tally(run_machine(sc, b2, on0, off0), truth, evaluation, origin)
-        results[f"ft{n}"]["marks"] = len(used)
+        results[f"ft{n}"].update(mean_scores(np.asarray([w.score for w in sc])), marks=len(used))
         check = (f"{report.before.events_detected}/{report.before.events} -> "
                  f"{report.after.events_detected}/{report.after.events}, false flagged "
                  f"{report.before.false_flagged}/{report.before.false} -> "
@@ -620,11 +628,14 @@ def main(argv: list[str] | None = None) -> int:
           f"{defaults.anchor:g}, train_context {defaults.train_context}, holdout {defaults.holdout:g}) + replay of "
           f"the base training features")
     names = ["base", "calibrated"] + [f"ft{n}" for n in MARK_COUNTS]
-    print(table(["model", "marks", "false alarms", "FA / hour", "recall (per class)", "ratio FA/h vs base"],
+    print(f"(mean live score in the evaluation half during the benign pattern / during true events; on-threshold "
+          f"{on0:g}, calibrated {cal.on:.3f})")
+    print(table(["model", "marks", "false alarms", "FA / hour", "recall (per class)", "ratio FA/h vs base",
+                 "score benign", "score events"],
                 [(k + (" (refused)" if results[k].get("refused") else ""), results[k].get("marks", 0),
                   results[k]["fa"], results[k]["fa_per_hour"], _recall_cell(results[k]),
                   results[k]["fa_per_hour"] / results["base"]["fa_per_hour"] if results["base"]["fa_per_hour"] else
-                  float("nan")) for k in names]))
+                  float("nan"), results[k]["s_benign"], results[k]["s_events"]) for k in names]))
     print()
     print(table(["fine-tune", "marks used", "false alarms", "confirmed", "held-out check (true events; false)",
                  "learned from"], ft_rows))
