@@ -4,33 +4,45 @@ A synthetic site built through the real pipeline, end to end:
 
 1. **Base model.** Short weakly labelled training clips (calm scenes; Explosion / Fighting / RoadAccidents
    clips from ``export.demo.video``), features from the real extractor (``export.extract``, tiny random
-   CLIP), the real trainer (UCF preset, 32-snippet window) and the real exporter (ONNX, parity-checked).
+   CLIP), the real trainer (UCF preset, 32-snippet window; 12 epochs quick, 20 full) and the real
+   exporter (ONNX, parity-checked).
 2. **The site.** One camera the base model was not trained for: the same kind of calm scene, plus a
-   recurring benign pattern (a warning flare that pulses for 6 s every 30 s at a fixed spot: a stationary
-   orange glow much like an explosion's),
-   plus scripted true events (one every 90 s, cycling through the three classes). Its features come from
-   the same extractor. The first half of the timeline is the **history** (what the operator sees and
-   marks, and the calibration period); the second half is the **evaluation** period.
+   recurring benign pattern (6 s every 30 s; ``--benign``, default a flickering magenta advertising
+   screen) plus scripted true events (one every 60 s, cycling through the three classes). Its features
+   come from the same extractor. The benign pattern is chosen with ``--probe``, which prints, for every
+   candidate, the base model's live score during it and the cosine of its embedding to each true class:
+   a pattern must be one the base model flags (else there is nothing to cut) and one the tiny random
+   CLIP embeds apart from the true events (else no head can separate them: the orange ``flare``, cosine
+   0.93 to the explosions, is the bench's failure case). The first half of the timeline is the
+   **history** (what the operator sees and marks, and the calibration period); the second half is the
+   **evaluation** period.
 3. **Scores and events** through the live code: ``stream.window.EmbeddingWindow`` + the ONNX head
    (``stream.offline.window_scores``) and ``stream.events.EventMachine`` (``stream.offline.run_events``).
    A start event that overlaps no scripted event is a false alarm; a scripted event is recalled when an
    event overlaps it.
 4. **Calibration**: ``stream.calibration.learn_thresholds`` on the history's scores (target 1 alert per
    hour, floor 0.5), then the evaluation period with the learned thresholds.
-5. **Feedback marks**, made the way the service stores them (site-data contract: ``list.csv``,
-   ``features/<camera>/<id>.npy``, ``snippets.json``, ``examples.jsonl``): each of the base model's
-   history events in time order becomes one mark: a false alarm (label Normal) or a confirmed event (its
-   scripted class), the event's snippets plus 6 s of context. The service's calm-window samples are added
-   as ``normal_sample`` examples (4 of them, score below the off-threshold). ``export.finetune.finetune``
-   (what ``dsanet finetune`` runs) adapts the head from the first 1, 5 and 20 marks and writes a bundle
-   through the real exporter; each is scored on the evaluation period.
-6. **Anti-forgetting**: frame AUC on the base model's own test features before and after fine-tuning from
-   20 marks with no guard, the L2 anchor only, replay only, and both.
+5. **Feedback marks**, kept the way the service's feedback store keeps them (site-data contract:
+   ``list.csv``, ``features/<camera>/<id>.npy``, ``snippets.json``, ``examples.jsonl``, with the
+   ``stream.config.FeedbackConfig`` defaults): each of the base model's history events in time order
+   becomes one mark, a false alarm (label Normal) or a confirmed event (its scripted class), holding the
+   event's rows plus 64 rows of context before and after (cut at the end of the history) and its
+   ``event_rows``; calm samples (64 rows all below the off-threshold, one per 900 s) are added when the
+   history has them. ``export.finetune.finetune`` (what ``dsanet finetune`` runs, with its defaults and
+   replay of the base training features) adapts the head from the first 1, 5 and 20 marks and writes a
+   bundle through the real exporter; each is scored on the evaluation period. One mark holds no
+   held-out true event, so that one runs with ``allow_unchecked``; from 5 marks on the held-out check
+   must pass, and a refusal keeps the base model (the row says so).
+6. **Anti-forgetting**: frame AUC on the base model's own test features before and after fine-tuning on
+   the 20-mark training split with no guard, the L2 anchor only, replay only, and both (quick: none and
+   both).
 
-Prints the tables, writes ``docs/img/feedback.png`` and ends with
+Prints the tables (per-class recall, mean live scores, the held-out check, the site data's bytes on
+disk), writes ``docs/img/feedback.png`` and ends with
 ``RESULT fa_base=X fa_calibrated=X fa_ft1=X fa_ft5=X fa_ft20=X recall_base=X recall_ft20=X``
 (false alarms per hour of the evaluation period, recall as a fraction). ``--quick``: a smaller model and
-site (same keys). Artefacts are cached under ``.cache/bench/feedback-<mode>``.
+site (same keys; its history holds fewer than 20 marks, and "ft20" uses all of them). Artefacts are
+cached under ``.cache/bench/feedback-<mode>`` (``--fresh`` rebuilds them).
 """
 
 from __future__ import annotations
@@ -443,7 +455,9 @@ def frame_auc(model: Any, data: Path) -> float:
     return float(evaluate_model(model, rows, load_ground_truth("ucf", data, rows), "ucf")["auc"])
 
 
-def plot(path: Path, rows: list[tuple[str, float, float]], title: str) -> Path | None:
+def plot(path: Path, rows: list[tuple[str, float, float, float, float]], title: str) -> Path | None:
+    """Two panels per model: false alarms per hour (bars) with true-event recall (line), and the mean live
+    score during the benign pattern and during true events (what moves the alarms)."""
     try:
         import matplotlib
 
@@ -455,21 +469,29 @@ def plot(path: Path, rows: list[tuple[str, float, float]], title: str) -> Path |
     names = [r[0] for r in rows]
     fa = [r[1] for r in rows]
     rec = [100 * r[2] for r in rows]
-    fig, ax1 = plt.subplots(figsize=(7.5, 4.0), dpi=110)
+    fig, (ax1, ax3) = plt.subplots(1, 2, figsize=(11.0, 4.0), dpi=110, gridspec_kw={"width_ratios": [3, 2]})
     x = np.arange(len(rows))
     ax1.bar(x, fa, color="#d9822b", width=0.55, label="false alarms / hour")
     ax1.set_ylabel("false alarms per hour")
+    ax1.set_ylim(0, max(max(fa), 1.0) * 1.18)
     ax1.set_xticks(x, names)
     ax2 = ax1.twinx()
     ax2.plot(x, rec, "o-", color="#2b6cd9", label="true-event recall")
-    ax2.set_ylim(0, 105)
+    ax2.set_ylim(0, 118)
     ax2.set_ylabel("true-event recall (%)")
     for i, v in enumerate(fa):
-        ax1.annotate(f"{v:.1f}", (i, v), ha="center", va="bottom", fontsize=8)
-    ax1.set_title(title, fontsize=10)
+        ax1.annotate(f"{v:.0f}", (i, v), ha="center", va="bottom", fontsize=8)
+    ax1.set_title(title, fontsize=9)
     h1, l1 = ax1.get_legend_handles_labels()
     h2, l2 = ax2.get_legend_handles_labels()
-    ax1.legend(h1 + h2, l1 + l2, loc="upper right", fontsize=8)
+    ax1.legend(h1 + h2, l1 + l2, loc="center right", fontsize=8)
+    ax3.plot(x, [r[3] for r in rows], "s-", color="#c0399a", label="during the benign pattern")
+    ax3.plot(x, [r[4] for r in rows], "o-", color="#2b6cd9", label="during true events")
+    ax3.axhline(0.6, color="grey", lw=0.8, ls="--", label="on-threshold 0.6")
+    ax3.set_ylim(0, 1.05)
+    ax3.set_xticks(x, names)
+    ax3.set_ylabel("mean live score (evaluation half)")
+    ax3.legend(loc="center right", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -646,7 +668,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table([f"guard ({len(train_ex)} training examples)", "base test frame AUC", "after fine-tune", "change"],
                 [(g, a, b, b - a) for g, a, b in forget]))
     if args.plot:
-        p = plot(Path(args.plot), [(k, results[k]["fa_per_hour"], results[k]["recall"]) for k in names],
+        p = plot(Path(args.plot), [(k, results[k]["fa_per_hour"], results[k]["recall"], results[k]["s_benign"],
+                                    results[k]["s_events"]) for k in names],
                  f"synthetic site ({mode.name}, benign '{args.benign}'): false alarms and recall, evaluation half")
         if p is not None:
             print(f"plot: {p}")
