@@ -324,6 +324,8 @@ def service_config(bundle: Path, clips: Sequence[Path], workdir: Path, *, thread
         "sinks": [{"type": "jsonl", "path": str(workdir / "events.jsonl")}],
         "spool": {"directory": str(workdir / "spool")},
         "evidence": {"enabled": False, "directory": str(workdir / "evidence")},
+        # the feedback store records like a real deployment's, but into the run's folder, not ./site-data
+        "feedback": {"directory": str(workdir / "site-data")},
         "metrics": {"enabled": metrics_port is not None, "port": metrics_port or 0},
         "logging": {"level": "WARNING"},
     }
