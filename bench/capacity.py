@@ -305,20 +305,28 @@ def vit_flops(width: int, layers: int, mlp: int, image: int, patch: int, proj: i
     return 2.0 * macs
 
 
-def gemm_throughput(seconds: float = 1.5, n: int = 768, k: int = 3072) -> tuple[float, float]:
-    """(GFLOP/s per CPU second, GFLOP/s on the wall clock) of float32 matmul [197*8, k] x [k, n], numpy."""
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((197 * 8, k), dtype=np.float32)
-    b = rng.standard_normal((k, n), dtype=np.float32)
-    a @ b
-    flops = 2.0 * a.shape[0] * k * n
+GEMM_M = 197 * 8  # rows of the encoder's MLP GEMM for a batch of 8 images
+
+
+def _rate(call: Any, ops: float, seconds: float) -> tuple[float, float]:
+    """(G operations per CPU second, per wall second) of ``call`` repeated for ``seconds`` (3 calls at least),
+    after one warm-up call."""
+    call()
     calls = 0
     c0, w0 = time.process_time(), time.monotonic()
     while time.monotonic() - w0 < seconds or calls < 3:
-        a @ b
+        call()
         calls += 1
     cpu, wall = time.process_time() - c0, time.monotonic() - w0
-    return calls * flops / cpu / 1e9, calls * flops / wall / 1e9
+    return calls * ops / cpu / 1e9, calls * ops / wall / 1e9
+
+
+def gemm_throughput(seconds: float = 1.5, n: int = 768, k: int = 3072) -> tuple[float, float]:
+    """(GFLOP/s per CPU second, GFLOP/s on the wall clock) of float32 matmul [197*8, k] x [k, n], numpy."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((GEMM_M, k), dtype=np.float32)
+    b = rng.standard_normal((k, n), dtype=np.float32)
+    return _rate(lambda: a @ b, 2.0 * GEMM_M * k * n, seconds)
 
 
 def ort_gemm_throughput(int8: bool, seconds: float = 1.5, n: int = 768, k: int = 3072) -> float | None:
@@ -328,12 +336,11 @@ def ort_gemm_throughput(int8: bool, seconds: float = 1.5, n: int = 768, k: int =
     on some CPUs they are much faster (MLAS vs OpenBLAS), so the limit uses the faster measured one. None
     when the ``onnx`` package (the ``export`` extra) is missing."""
     try:
-        import onnx
         import onnxruntime as ort
         from onnx import TensorProto, helper
     except ImportError:
         return None
-    m = 197 * 8
+    m = GEMM_M
     a_t, b_t, y_t = (TensorProto.UINT8, TensorProto.INT8, TensorProto.INT32) if int8 else \
         (TensorProto.FLOAT, TensorProto.FLOAT, TensorProto.FLOAT)
     graph = helper.make_graph(
@@ -342,7 +349,6 @@ def ort_gemm_throughput(int8: bool, seconds: float = 1.5, n: int = 768, k: int =
         [helper.make_tensor_value_info("y", y_t, [m, n])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    onnx.checker.check_model(model)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
@@ -351,13 +357,7 @@ def ort_gemm_throughput(int8: bool, seconds: float = 1.5, n: int = 768, k: int =
         feed = {"a": rng.integers(0, 256, (m, k), dtype=np.uint8), "b": rng.integers(-127, 128, (k, n), dtype=np.int8)}
     else:
         feed = {"a": rng.standard_normal((m, k), dtype=np.float32), "b": rng.standard_normal((k, n), dtype=np.float32)}
-    sess.run(None, feed)
-    calls = 0
-    c0, w0 = time.process_time(), time.monotonic()
-    while time.monotonic() - w0 < seconds or calls < 3:
-        sess.run(None, feed)
-        calls += 1
-    return calls * 2.0 * m * k * n / (time.process_time() - c0) / 1e9
+    return _rate(lambda: sess.run(None, feed), 2.0 * m * k * n, seconds)[0]
 
 
 def int8_gemm_factor() -> tuple[float, str]:
@@ -431,6 +431,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{os.getloadavg()[0]:.1f}) -> at most {limit_cpu:.1f} cameras on {cores} idle cores at fp32 GEMM peak; "
           f"INT8 GEMM {int8_ops:.0f} G operations per CPU second ({int8_why}) -> at most {limit_int8:.1f} cameras "
           f"with every encoder operation at INT8 GEMM peak\n")
+    limit_keys = {"limit_fp32_gemm_cams": limit_cpu, "limit_int8_gemm_cams": limit_int8, "gemm_gflops_per_cpu_s": g_cpu,
+                  "ort_gemm_gflops_per_cpu_s": math.nan if ort_fp32 is None else ort_fp32,
+                  "ort_int8_gops_per_cpu_s": math.nan if ort_int8 is None else ort_int8}
     out: dict[str, Any] = {}
     why = supported(sets, camera_sets)
     if why is not None:
@@ -438,11 +441,8 @@ def main(argv: list[str] | None = None) -> int:
         cases = [c.strip() for c in args.cases.split(",") if c.strip()]
         for c in cases:
             out[c.replace(":", "_")] = "n/a"
-        out.update({"head_to_encoder": "n/a", "limit_fp32_gemm_cams": limit_cpu, "limit_int8_gemm_cams": limit_int8,
-                    "gemm_gflops_per_cpu_s": g_cpu, "ort_gemm_gflops_per_cpu_s": math.nan if ort_fp32 is None else ort_fp32,
-                    "ort_int8_gops_per_cpu_s": math.nan if ort_int8 is None else ort_int8,
-                    "encoder_gflop": enc_flops / 1e9, "overrides": overrides.replace(" ", ","),
-                    "load_1m": m["load_1m"]})
+        out.update({"head_to_encoder": "n/a", **limit_keys, "encoder_gflop": enc_flops / 1e9,
+                    "overrides": overrides.replace(" ", ","), "load_1m": m["load_1m"]})
         print()
         print(result_line(**out))
         return 0
@@ -529,11 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         out[f"{k}_enc_per_cam_s"] = s["encoder"]
         out[f"{k}_cpu_bound_cams"] = cores / s["total"] if s["total"] > 0 else float("nan")
     out["decode_per_cam_s"] = max(s["decode"] for s in split_best.values()) if split_best else float("nan")
-    out["limit_fp32_gemm_cams"] = limit_cpu
-    out["limit_int8_gemm_cams"] = limit_int8
-    out["gemm_gflops_per_cpu_s"] = g_cpu
-    out["ort_gemm_gflops_per_cpu_s"] = math.nan if ort_fp32 is None else ort_fp32
-    out["ort_int8_gops_per_cpu_s"] = math.nan if ort_int8 is None else ort_int8
+    out.update(limit_keys)
     out["encoder_gflop"] = enc_flops / 1e9
     out["overrides"] = overrides.replace(" ", ",")
     out["load_1m"] = m["load_1m"]

@@ -177,16 +177,16 @@ def test_capacity_overrides_validate_or_name_the_unknown_key(sets, camera_sets, 
         assert why is not None and bad in why
 
 
-@pytest.mark.parametrize("limit, start, steps, want", [
-    (5, 1, 8, 5),    # doubling 1, 2, 4 ok, 8 fails, bisection finds 5
-    (5, 1, 1, 4),    # one step: 6 fails, best known stays 4
-    (0, 1, 8, 0),    # even one camera falls behind
-    (64, 1, 8, 64),  # never fails up to --max
-    (13, 4, 8, 13),
-    (30, 6, 8, 20),  # 6, 12 ok; doubling past --max 20 tries 20 itself (ok): the answer is --max, not 12
-    (14, 6, 8, 14),  # 6, 12 ok, 20 (--max) fails, bisection between 12 and 20 finds 14
+@pytest.mark.parametrize("limit, start, max_n, steps, want", [
+    (5, 1, 64, 8, 5),    # doubling 1, 2, 4 ok, 8 fails, bisection finds 5
+    (5, 1, 64, 1, 4),    # one step: 6 fails, best known stays 4
+    (0, 1, 64, 8, 0),    # even one camera falls behind
+    (64, 1, 64, 8, 64),  # never fails up to --max
+    (13, 4, 64, 8, 13),
+    (30, 6, 20, 8, 20),  # 6, 12 ok; doubling past --max 20 tries 20 itself (ok): the answer is --max, not 12
+    (14, 6, 20, 8, 14),  # 6, 12 ok, 20 (--max) fails, bisection between 12 and 20 finds 14
 ])
-def test_capacity_search_doubles_then_bisects(limit, start, steps, want, monkeypatch) -> None:
+def test_capacity_search_doubles_then_bisects(limit, start, max_n, steps, want, monkeypatch) -> None:
     import capacity
 
     tried: list[int] = []
@@ -197,7 +197,6 @@ def test_capacity_search_doubles_then_bisects(limit, start, steps, want, monkeyp
                 "scored": 1, "due": 1.0, "cpu": 1.0, "wall": 1.0}
 
     monkeypatch.setattr(capacity, "run_once", fake_run)
-    max_n = 20 if start == 6 else 64
     n, runs = capacity.search("t", Path("b"), lambda k: [Path("c")] * k, 1, 1, 1, start, max_n, steps, [], [],
                               say=lambda *_: None)
     assert n == want and len(runs) == len(tried)
